@@ -1,0 +1,142 @@
+"""Typed dataclass configs: a field with a one-line help, YAML loading, dotted-key overrides.
+
+Every config in stratalm is a dataclass whose fields are declared with `setting(default, help)`.
+`apply_overrides` turns strings from the command line (`train.lr=3e-4`) into typed values and
+rejects unknown keys with the list of valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a one-line help shown by `--help`."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert `value` (often a string from the command line) to `annotation`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return coerce(value, args[0], key)
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key '{key}' expects {annotation.__name__}, got {value!r}.") from None
+    return value
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def update_dataclass(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of dataclass `obj` with `values` applied; nested dataclasses take nested dicts."""
+    changes = {}
+    valid = field_names(type(obj))
+    for key, value in values.items():
+        if key not in valid:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'; valid keys are: {', '.join(prefix + v for v in valid)}."
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{prefix}{key}' is a section; give it keys, e.g. {prefix}{key}.<name>=value.")
+            changes[key] = update_dataclass(current, value, f"{prefix}{key}.")
+        else:
+            changes[key] = coerce(value, _field_type(type(obj), key), prefix + key)
+    return dataclasses.replace(obj, **changes)
+
+
+def dotted_to_nested(pairs: dict[str, Any]) -> dict[str, Any]:
+    """{"train.lr": "1e-3"} -> {"train": {"lr": "1e-3"}}."""
+    nested: dict[str, Any] = {}
+    for key, value in pairs.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{key}' conflicts with another override.")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge_nested(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_nested(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse `key=value` strings (also `--key=value`) into a nested dict of strings."""
+    pairs = {}
+    for item in items:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ConfigError(f"cannot read '{item}': give overrides as dotted keys, e.g. train.lr=3e-4.")
+        key, value = text.split("=", 1)
+        pairs[key.strip()] = value.strip()
+    return dotted_to_nested(pairs)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML ({str(exc).splitlines()[0]}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values.")
+    return data
+
+
+def describe(cls_or_obj: Any, prefix: str = "") -> list[str]:
+    """One line per field: `prefix.name = default  # help`, recursing into nested sections."""
+    lines = []
+    obj = cls_or_obj() if isinstance(cls_or_obj, type) else cls_or_obj
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.extend(describe(value, f"{prefix}{f.name}."))
+        else:
+            lines.append(f"  {prefix}{f.name} = {value!r}  # {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,110 @@
+"""Read documents from text files, folders of them, and JSONL, streaming.
+
+A plain text file is one document; a JSONL line is one document (its `text` field). Large files are
+read in pieces that end at a line break, so memory does not grow with the corpus.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+from ..errors import DataError
+
+CHUNK_BYTES = 1 << 20
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text", ".jsonl")
+
+
+def list_input_files(inputs: list[str]) -> list[str]:
+    """Expand folders (recursively, sorted) into the text and JSONL files they hold."""
+    if not inputs:
+        raise DataError("no input given; pass one or more text files, folders of them, or JSONL files.")
+    files = []
+    for path in inputs:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(root, name)
+                for root, _, names in os.walk(path)
+                for name in names
+                if name.endswith(TEXT_SUFFIXES) and not name.startswith(".")
+            )
+            if not found:
+                raise DataError(f"folder '{path}' holds no text files (looked for {', '.join(TEXT_SUFFIXES)}).")
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise DataError(f"input '{path}' does not exist.")
+    return files
+
+
+def _check_text(path: str, head: bytes) -> None:
+    if b"\x00" in head:
+        raise DataError(f"'{path}' looks like a binary file (it contains NUL bytes); give UTF-8 text.")
+
+
+def _text_pieces(path: str) -> Iterator[str]:
+    """Yield the file's text in pieces of about CHUNK_BYTES, each ending at a line break."""
+    with open(path, "rb") as handle:
+        carry = b""
+        first = True
+        while True:
+            block = handle.read(CHUNK_BYTES)
+            if first:
+                _check_text(path, block[:8192])
+                if block.startswith(b"\xef\xbb\xbf"):
+                    block = block[3:]  # a UTF-8 byte-order mark is not text
+                first = False
+            if not block:
+                break
+            data = carry + block
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            carry = data[cut:]
+            yield _decode(path, data[:cut])
+        if carry:
+            yield _decode(path, carry)
+
+
+def _decode(path: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"'{path}' is not valid UTF-8 (bad byte at offset {exc.start} of a piece); convert it to UTF-8.") from None
+
+
+def _jsonl_documents(path: str, text_field: str) -> Iterator[str]:
+    with open(path, "rb") as handle:
+        _check_text(path, handle.read(8192))
+    with open(path, encoding="utf-8") as handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise DataError(f"'{path}' line {number} is not valid JSON.") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    raise DataError(f"'{path}' line {number} has no '{text_field}' field (set --text-field).")
+                yield str(record[text_field])
+        except UnicodeDecodeError:
+            raise DataError(f"'{path}' is not valid UTF-8; convert it to UTF-8.") from None
+
+
+def iter_documents(inputs: list[str], text_field: str = "text") -> Iterator[Iterator[str]]:
+    """Yield each document as an iterator of text pieces (so one huge file never sits in memory)."""
+    for path in list_input_files(inputs):
+        if path.endswith(".jsonl"):
+            for text in _jsonl_documents(path, text_field):
+                yield iter([text])
+        else:
+            yield _text_pieces(path)
+
+
+def iter_texts(inputs: list[str], text_field: str = "text") -> Iterator[str]:
+    """Every text piece of every document, flat: what a tokenizer trainer reads."""
+    for document in iter_documents(inputs, text_field):
+        yield from document

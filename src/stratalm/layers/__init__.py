@@ -1,0 +1,8 @@
+"""Level 1: the pieces every Transformer is made of. Each module imports nothing above this level."""
+from .attention import Attention, KVCache
+from .block import Block
+from .feedforward import FeedForward
+from .norms import make_norm
+from .positions import AbsolutePositions, RotaryEmbedding
+
+__all__ = ["Attention", "KVCache", "Block", "FeedForward", "make_norm", "AbsolutePositions", "RotaryEmbedding"]

@@ -1,0 +1,96 @@
+"""Multi-head attention: one implementation for causal and bidirectional, MHA and grouped-query,
+with padding masks and a KV cache for decoding. The math runs in `F.scaled_dot_product_attention`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model_config import ModelConfig
+from .positions import apply_rotary
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for the whole context so decoding never copies.
+
+    Layer i writes its new keys/values at positions [length, length + T) and attends over
+    [0, length + T); the model calls `advance(T)` once all layers have run.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device) -> None:
+        shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.dim_per_head)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, n_tokens: int) -> None:
+        self.length += n_tokens
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int = 0) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.dim_per_head
+        # Queries, keys and values come from one matrix: one matmul per step instead of three.
+        qkv_width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+        self.qkv = nn.Linear(config.d_model, qkv_width, bias=config.attention_bias)
+        self.out = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.attention_bias)
+        self.dropout = config.attention_dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        cache: Optional[KVCache] = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
+        )
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if cache is not None:
+            k, v = cache.update(self.layer_index, k, v)  # (B, nkv, S, hd), S = cached + T
+        if need_weights:
+            y, weights = attention_with_weights(q, k, v, mask, is_causal)
+        else:
+            weights = None
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.out(y), weights
+
+
+def attention_with_weights(q, k, v, mask, is_causal):
+    """The explicit softmax(q k^T / sqrt(d)) v, used only when the caller asks for the weights."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    if is_causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights

@@ -1,0 +1,86 @@
+"""`ModelConfig`: one dataclass that describes every supported architecture with plain fields.
+
+A family preset (see `families/`) is just a set of values for these fields. Each field's help says
+what it changes in the network.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .config_fields import setting, update_dataclass
+from .errors import ConfigError
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = setting("gpt2", "family the weights follow (names the weight map for Hugging Face interop)")
+    vocab_size: int = setting(50257, "rows of the token embedding (and columns of the LM head)")
+    max_seq_len: int = setting(1024, "longest sequence the model accepts (the context, or block size)")
+    n_layers: int = setting(12, "number of Transformer blocks")
+    d_model: int = setting(768, "width of the residual stream")
+    n_heads: int = setting(12, "attention heads for queries")
+    n_kv_heads: Optional[int] = setting(None, "heads for keys/values; fewer than n_heads = grouped-query attention (None = n_heads)")
+    head_dim: Optional[int] = setting(None, "width of one head (None = d_model / n_heads)")
+    d_ff: int = setting(3072, "hidden width of the feed-forward layer")
+    activation: str = setting("gelu_tanh", "feed-forward nonlinearity: gelu, gelu_tanh, relu or silu")
+    gated: bool = setting(False, "gated feed-forward (silu -> SwiGLU, gelu -> GeGLU) instead of a plain MLP")
+    norm: str = setting("layernorm", "normalisation: layernorm or rmsnorm")
+    norm_eps: float = setting(1e-5, "epsilon inside every norm")
+    norm_bias: bool = setting(True, "LayerNorm carries a bias (ignored by rmsnorm)")
+    norm_position: str = setting("pre", "pre: norm before each sublayer (GPT-2, Llama); post: after the residual add (BERT)")
+    final_norm: bool = setting(True, "a norm after the last block (pre-norm stacks need it)")
+    position: str = setting("learned", "positions: learned, sinusoidal, rope (rotary) or none")
+    rope_theta: float = setting(10000.0, "rotary base frequency (position=rope)")
+    attention_bias: bool = setting(True, "query/key/value/output projections carry biases")
+    mlp_bias: bool = setting(True, "feed-forward projections carry biases")
+    dropout: float = setting(0.0, "dropout on embeddings, sublayer outputs (0 = off, the fast path)")
+    attention_dropout: float = setting(0.0, "dropout on attention probabilities")
+    tie_embeddings: bool = setting(True, "the LM head reuses the token embedding matrix")
+    init_std: float = setting(0.02, "standard deviation of the initial weights")
+    scale_residual_init: bool = setting(True, "shrink output projections' init by 1/sqrt(2 n_layers) (GPT-2)")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}"),
+            (self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}"),
+            (self.position in POSITIONS, f"position must be one of {', '.join(POSITIONS)}"),
+            (self.norm_position in ("pre", "post"), "norm_position must be pre or post"),
+            (min(self.vocab_size, self.max_seq_len, self.n_layers, self.d_model, self.n_heads, self.d_ff) > 0,
+             "vocab_size, max_seq_len, n_layers, d_model, n_heads and d_ff must be positive"),
+            (self.head_dim is not None or self.d_model % self.n_heads == 0,
+             f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}), or set head_dim"),
+            (self.n_heads % self.kv_heads == 0, f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})"),
+            (self.position != "rope" or self.dim_per_head % 2 == 0, "rotary positions need an even head_dim"),
+            (0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0, "dropout must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"invalid model config: {message}.")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return update_dataclass(self, changes, "model.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        return update_dataclass(cls(), values, "model.")

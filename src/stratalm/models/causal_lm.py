@@ -1,0 +1,54 @@
+"""A decoder stack with a language-model head: the GPT-2 / Llama shape."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..layers import KVCache
+from ..model_config import ModelConfig
+from .output import ModelOutput
+from .stack import TransformerStack, init_weights
+
+
+class CausalLM(nn.Module):
+    """Predicts the next token at every position. The head is tied to the embeddings when the
+    config says so (one matrix, counted once)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.stack = TransformerStack(config, causal=True)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        init_weights(self, config)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.stack.tok_embed.weight
+        self.tokenizer = None  # set by stratalm.load / the trainer; the model does not need it
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        x, hidden, attentions = self.stack(
+            input_ids, attention_mask, position_ids, cache, output_hidden_states, output_attentions
+        )
+        return ModelOutput(logits=self.lm_head(x), hidden_states=hidden, attentions=attentions)
+
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
+        param = self.lm_head.weight
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, param.dtype, param.device)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Unique parameters (a tied head counts once), split into embeddings and the rest."""
+        unique = {id(p): p for p in self.parameters()}
+        total = sum(p.numel() for p in unique.values())
+        embedding = self.stack.tok_embed.weight.numel()
+        if self.stack.positions is not None and isinstance(self.stack.positions.weight, nn.Parameter):
+            embedding += self.stack.positions.weight.numel()
+        return {"total": total, "embeddings": embedding, "non_embedding": total - embedding}

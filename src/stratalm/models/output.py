@@ -1,0 +1,14 @@
+"""What every model's forward returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T, vocab) for language-model heads
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # embedding output, then one per block
+    attentions: Optional[tuple[torch.Tensor, ...]] = None  # (B, nh, T, S) per block

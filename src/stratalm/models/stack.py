@@ -1,0 +1,86 @@
+"""A stack of blocks with its embeddings: token ids in, one hidden vector per position out."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import AbsolutePositions, Block, KVCache, RotaryEmbedding, make_norm
+from ..model_config import ModelConfig
+from .masks import attention_mask_for
+
+
+class TransformerStack(nn.Module):
+    """embed tokens (+ positions) -> blocks -> final norm. `causal` makes it a decoder."""
+
+    def __init__(self, config: ModelConfig, causal: bool = True) -> None:
+        super().__init__()
+        self.config, self.causal = config, causal
+        self.tok_embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions = (
+            AbsolutePositions(config.position, config.max_seq_len, config.d_model)
+            if config.position in ("learned", "sinusoidal") else None
+        )
+        self.rotary = (
+            RotaryEmbedding(config.dim_per_head, config.max_seq_len, config.rope_theta)
+            if config.position == "rope" else None
+        )
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.final_norm = (
+            make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias) if config.final_norm else None
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,)
+        x = self.tok_embed(input_ids)  # (B, T, C)
+        if self.positions is not None:
+            x = x + self.positions(position_ids)
+        if self.config.dropout > 0:
+            x = F.dropout(x, self.config.dropout, self.training)
+        rotary = self.rotary.tables(position_ids) if self.rotary is not None else None
+        mask, is_causal = attention_mask_for(attention_mask, T, past + T, self.causal, input_ids.device)
+
+        hidden, attentions = ([x] if output_hidden_states else None), ([] if output_attentions else None)
+        for block in self.blocks:
+            x, weights = block(x, mask, is_causal, rotary, cache, output_attentions)
+            if hidden is not None:
+                hidden.append(x)
+            if attentions is not None:
+                attentions.append(weights)
+        if cache is not None:
+            cache.advance(T)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+            if hidden is not None:
+                hidden[-1] = x  # the last hidden state is the normed one, as in transformers
+        return x, (tuple(hidden) if hidden is not None else None), (tuple(attentions) if attentions is not None else None)
+
+
+def init_weights(module: nn.Module, config: ModelConfig) -> None:
+    """GPT-2 initialisation: N(0, init_std) for matrices and embeddings, zero biases, unit norms;
+    the projections that write into the residual stream are scaled down by 1/sqrt(2 n_layers) so
+    the stream's variance does not grow with depth."""
+    residual_std = config.init_std / math.sqrt(2 * config.n_layers) if config.scale_residual_init else config.init_std
+    for name, param in module.named_parameters():
+        if name.endswith("bias"):
+            nn.init.zeros_(param)
+        elif "norm" in name:
+            nn.init.ones_(param)
+        elif name.endswith(("attn.out.weight", "ff.down.weight")):
+            nn.init.normal_(param, 0.0, residual_std)
+        else:
+            nn.init.normal_(param, 0.0, config.init_std)

@@ -1,0 +1,28 @@
+"""The contract every objective follows (DESIGN.md, level 3)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from ..model_config import ModelConfig
+from ..models import ModelOutput
+
+
+class Objective(ABC):
+    name = "base"
+    # How many tokens beyond the model's context one example reads from the stream
+    # (a causal LM reads one more, because the last input still needs its next token).
+    extra_tokens = 0
+
+    def check(self, config: ModelConfig, data: Any) -> None:
+        """Raise a ConfigError at start when this model or corpus cannot carry the objective."""
+
+    @abstractmethod
+    def prepare(self, windows: torch.Tensor, rng: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(B, T + extra_tokens) token ids -> (model inputs, targets). Randomness only from `rng`."""
+
+    @abstractmethod
+    def loss(self, output: ModelOutput, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss to minimise, and metrics to log."""

@@ -1,0 +1,21 @@
+"""Causal language modelling: predict token t+1 from tokens up to t (GPT, Radford et al. 2018/2019)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models import ModelOutput
+from .base import Objective
+
+
+class CausalLMObjective(Objective):
+    name = "clm"
+    extra_tokens = 1
+
+    def prepare(self, windows: torch.Tensor, rng: torch.Generator):
+        return {"input_ids": windows[:, :-1]}, {"labels": windows[:, 1:]}
+
+    def loss(self, output: ModelOutput, targets: dict[str, torch.Tensor]):
+        logits = output.logits  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets["labels"].reshape(-1), ignore_index=-100)
+        return loss, {"loss": loss.detach()}

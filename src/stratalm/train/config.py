@@ -1,0 +1,89 @@
+"""What a training run is configured by. YAML files and `key=value` overrides fill these in.
+
+The `model` section names a preset (or a checkpoint folder to start from) plus any ModelConfig
+field to change, e.g. `model.n_layers=4`; the resolved ModelConfig is saved with the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from ..config_fields import describe, load_yaml, merge_nested, setting, update_dataclass
+from ..errors import ConfigError
+from ..model_config import ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = setting(1000, "optimizer steps to run")
+    batch_size: int = setting(16, "sequences per optimizer step, over all processes and accumulation steps")
+    grad_accum: int = setting(1, "micro-batches per optimizer step (gradient accumulation)")
+    lr: float = setting(1e-3, "peak learning rate")
+    min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = setting(100, "linear warmup steps from 0 to lr")
+    decay_steps: Optional[int] = setting(None, "step where the cosine decay reaches min_lr (None = max_steps)")
+    weight_decay: float = setting(0.1, "AdamW weight decay, applied to matrices only (not biases or norms)")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = no clipping)")
+    eval_every: int = setting(200, "steps between validation passes (0 = only at the end)")
+    eval_windows: int = setting(0, "validation windows per pass (0 = the whole validation split)")
+    eval_batch_size: int = setting(32, "windows per validation batch")
+    save_every: int = setting(0, "steps between checkpoints (0 = only at the end)")
+    log_every: int = setting(10, "steps between lines of metrics.jsonl")
+    seed: int = setting(1337, "seed of initialisation, data order, dropout and masking")
+    device: str = setting("auto", "cpu, cuda, cuda:N, or auto (cuda when present)")
+    precision: str = setting("auto", "fp32, bf16 (autocast), or auto (bf16 on CUDA, fp32 on CPU)")
+    compile: bool = setting(False, "torch.compile the model (costs 20-30 s at start, faster steps after)")
+    progress: bool = setting(True, "show a progress bar")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: str = setting("", "prepared data folder (from `stratalm prepare`)")
+    out: str = setting("", "output folder: checkpoint, metrics.jsonl, run.yaml")
+    objective: str = setting("clm", "pretraining objective")
+    model: dict = setting({}, "model.preset (a preset name or checkpoint folder) and ModelConfig fields to override")
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+
+    @property
+    def model_source(self) -> str:
+        return str(self.model.get("preset", "tiny"))
+
+    def model_overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k != "preset"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def build_run_config(yaml_path: Optional[str], overrides: dict[str, Any]) -> RunConfig:
+    """Defaults <- YAML file <- command-line overrides (nested dicts)."""
+    values: dict[str, Any] = load_yaml(yaml_path) if yaml_path else {}
+    if isinstance(values.get("model"), str):  # `model: tiny` is short for `model: {preset: tiny}`
+        values["model"] = {"preset": values["model"]}
+    values = merge_nested(values, overrides)
+    model = values.pop("model", {}) or {}
+    if not isinstance(model, dict):
+        raise ConfigError("config key 'model' must be a preset name or a mapping of model fields.")
+    valid = {f.name for f in dataclasses.fields(ModelConfig)} | {"preset"}
+    unknown = sorted(set(model) - valid)
+    if unknown:
+        raise ConfigError(f"unknown config key 'model.{unknown[0]}'; valid keys are: {', '.join('model.' + v for v in sorted(valid))}.")
+    run = update_dataclass(RunConfig(), values)
+    return dataclasses.replace(run, model=model)
+
+
+def config_help() -> str:
+    lines = ["config keys (set in --config FILE.yaml or as key=value; defaults shown):"]
+    lines += [line for line in describe(RunConfig()) if not line.lstrip().startswith("model =")]
+    lines.append("  model.preset = 'tiny'  # a preset name or a checkpoint folder to start from")
+    lines += describe(ModelConfig(), "model.")
+    return "\n".join(lines)
