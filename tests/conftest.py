@@ -1,0 +1,62 @@
+"""Shared fixtures: small real text (Python's own documentation topics), prepared folders, tiny models."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pydoc_texts(n: int = 12) -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [topics[name] for name in sorted(topics)[:n]]
+
+
+@pytest.fixture(scope="session")
+def corpus_jsonl(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for text in pydoc_texts(20):
+            handle.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory, corpus_jsonl) -> Path:
+    """A character-level prepared folder of about 100k tokens."""
+    from stratalm.data import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "char"
+    prepare([str(corpus_jsonl)], str(out), tokenizer="char", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bpe_data(tmp_path_factory, corpus_jsonl) -> Path:
+    from stratalm.data import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "bpe"
+    prepare([str(corpus_jsonl)], str(out), tokenizer="bpe", vocab_size=512, progress=False)
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m stratalm ARGS` as a user would; returns the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "stratalm", *map(str, args)], capture_output=True, text=True,
+        cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

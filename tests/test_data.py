@@ -1,0 +1,116 @@
+"""Tokenizers and `prepare`: round trips, shards, document boundaries, splits, streaming, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA, pydoc_texts
+from stratalm.data import TokenData, prepare
+from stratalm.data import sources
+from stratalm.errors import DataError, OutputExistsError
+from stratalm.tokenize import SPECIAL_TOKENS, Tokenizer, train_bpe, train_char
+
+
+def test_bpe_round_trip_and_special_ids(tmp_path):
+    tok = train_bpe(iter(pydoc_texts(10)), vocab_size=600, show_progress=False)
+    text = "The for statement iterates — naïve 数字 ✓\n\tdone"
+    assert tok.decode(tok.encode(text)) == text  # byte-level: nothing is unknown
+    assert [tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id, tok.mask_id, tok.cls_id, tok.sep_id] == list(range(7))
+    assert tok.vocab_size == 600
+    tok.save(str(tmp_path))
+    again = Tokenizer.load(str(tmp_path / "tokenizer.json"))
+    assert again.encode(text) == tok.encode(text) and again.eos_id == 2
+
+
+def test_char_tokenizer_is_one_token_per_character():
+    tok = train_char(iter(["hello world\n"]))
+    ids = tok.encode("hello\nworld")
+    assert len(ids) == len("hello\nworld") and tok.decode(ids) == "hello\nworld"
+    assert tok.vocab_size == len(SPECIAL_TOKENS) + len(set("hello world\n"))
+    assert tok.encode("z") == [tok.unk_id]
+
+
+def test_prepare_writes_shards_manifest_and_document_boundaries(tmp_path):
+    docs = pydoc_texts(6)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"body": d}) + "\n" for d in docs))
+    manifest = prepare([str(corpus)], str(tmp_path / "out"), tokenizer="char", text_field="body",
+                       shard_tokens=5000, val_fraction=0.2, progress=False)
+    data = TokenData(str(tmp_path / "out"))
+    tok = data.tokenizer()
+    assert manifest["dtype"] == "uint16" and len(manifest["shards"]) > 1
+    stream = data.read(0, manifest["n_tokens"])  # across every shard border
+    starts = data.document_starts()
+    assert len(starts) == len(docs) == manifest["n_documents"]
+    for i, doc in enumerate(docs):
+        end = starts[i + 1] - 1 if i + 1 < len(docs) else manifest["n_tokens"]  # one eos separates documents
+        assert tok.decode(stream[starts[i]:end].tolist()) == doc
+        if i + 1 < len(docs):
+            assert stream[end] == tok.eos_id
+    n = manifest["n_tokens"]
+    assert manifest["splits"] == {"train": [0, int(n * 0.8)], "validation": [int(n * 0.8), n]}
+
+
+def test_prepare_streams_in_pieces_without_changing_the_tokens(tmp_path, monkeypatch):
+    text = "".join(pydoc_texts(4))
+    (tmp_path / "a.txt").write_text(text)
+    prepare([str(tmp_path / "a.txt")], str(tmp_path / "whole"), tokenizer="char", progress=False)
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 1000)  # many small pieces
+    prepare([str(tmp_path / "a.txt")], str(tmp_path / "pieces"), tokenizer="char", progress=False)
+    whole, pieces = TokenData(str(tmp_path / "whole")), TokenData(str(tmp_path / "pieces"))
+    assert np.array_equal(whole.read(0, whole.manifest["n_tokens"]), pieces.read(0, pieces.manifest["n_tokens"]))
+    assert pieces.manifest["n_documents"] == 1
+
+
+def test_prepare_takes_folders_and_uses_uint32_for_large_vocabularies(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(70_000)} | {"<unk>": 70_000, "<eos>": 70_001}
+    backend = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.save(str(tmp_path / "big.json"))
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "one.txt").write_text("w1 w2 w69999\n")
+    (folder / "sub" / "two.txt").write_text("w3 nothing\n")
+    manifest = prepare([str(folder)], str(tmp_path / "out"), tokenizer=str(tmp_path / "big.json"), progress=False)
+    assert manifest["dtype"] == "uint32" and manifest["n_documents"] == 2
+    data = TokenData(str(tmp_path / "out"))
+    assert data.read(0, manifest["n_tokens"]).tolist() == [1, 2, 69999, 70_001, 3, 70_000]
+
+
+def test_tiny_shakespeare_split_matches_the_reference(tmp_path):
+    source = SHARED_DATA / "tinyshakespeare" / "input.txt"
+    if not source.exists():
+        pytest.skip(f"{source} is absent (real data lives in ../shared/data)")
+    manifest = prepare([str(source)], str(tmp_path / "sh"), tokenizer="char", progress=False)
+    assert manifest["splits"] == {"train": [0, 1_003_854], "validation": [1_003_854, 1_115_394]}
+    assert manifest["vocab_size"] == 65 + len(SPECIAL_TOKENS)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty"),
+    (b"text\x00\x01\x02binary", "binary"),
+    (b"caf\xe9 au lait\n", "UTF-8"),
+])
+def test_prepare_rejects_bad_files_and_names_them(tmp_path, content, message):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match=message) as info:
+        prepare([str(bad)], str(tmp_path / "out"), tokenizer="char", progress=False)
+    assert "bad.txt" in str(info.value)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_prepare_refuses_to_overwrite(tmp_path):
+    (tmp_path / "a.txt").write_text("some text here\n" * 10)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(OutputExistsError):
+        prepare([str(tmp_path / "a.txt")], str(out), tokenizer="char", progress=False)
+    assert (out / "keep.txt").read_text() == "precious"
+    with pytest.raises(DataError, match="does not exist"):
+        prepare([str(tmp_path / "missing.txt")], str(tmp_path / "o2"), progress=False)

@@ -1,0 +1,127 @@
+"""Level 2: the decoder stack and LM head. Parity with `transformers` on random small models proves
+the layers compute what GPT-2 and Llama compute; the KV cache must not change a number."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stratalm.families import PRESETS, preset
+from stratalm.models import CausalLM
+
+
+def gpt2_state_from_hf(hf_state: dict, n_layers: int) -> dict:
+    """GPT-2 names -> stratalm names (its Conv1D stores matrices transposed)."""
+    out = {"stack.tok_embed.weight": hf_state["transformer.wte.weight"],
+           "stack.positions.weight": hf_state["transformer.wpe.weight"],
+           "stack.final_norm.weight": hf_state["transformer.ln_f.weight"],
+           "stack.final_norm.bias": hf_state["transformer.ln_f.bias"]}
+    pairs = {"ln_1": "attn_norm", "ln_2": "ff_norm", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.out",
+             "mlp.c_fc": "ff.up", "mlp.c_proj": "ff.down"}
+    for i in range(n_layers):
+        for theirs, ours in pairs.items():
+            w = hf_state[f"transformer.h.{i}.{theirs}.weight"]
+            out[f"stack.blocks.{i}.{ours}.weight"] = w if theirs.startswith("ln") else w.T
+            out[f"stack.blocks.{i}.{ours}.bias"] = hf_state[f"transformer.h.{i}.{theirs}.bias"]
+    return out
+
+
+def llama_state_from_hf(hf_state: dict, n_layers: int) -> dict:
+    out = {"stack.tok_embed.weight": hf_state["model.embed_tokens.weight"],
+           "stack.final_norm.weight": hf_state["model.norm.weight"], "lm_head.weight": hf_state["lm_head.weight"]}
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        out[f"stack.blocks.{i}.attn.qkv.weight"] = torch.cat([hf_state[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+        out[f"stack.blocks.{i}.attn.out.weight"] = hf_state[p + "self_attn.o_proj.weight"]
+        out[f"stack.blocks.{i}.ff.up.weight"] = torch.cat([hf_state[p + "mlp.gate_proj.weight"], hf_state[p + "mlp.up_proj.weight"]])
+        out[f"stack.blocks.{i}.ff.down.weight"] = hf_state[p + "mlp.down_proj.weight"]
+        out[f"stack.blocks.{i}.attn_norm.weight"] = hf_state[p + "input_layernorm.weight"]
+        out[f"stack.blocks.{i}.ff_norm.weight"] = hf_state[p + "post_attention_layernorm.weight"]
+    return out
+
+
+def compare(ours, theirs, input_ids, attention_mask):
+    with torch.no_grad():
+        a = ours(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        b = theirs(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    real = attention_mask.bool()
+    assert len(a.hidden_states) == len(b.hidden_states)
+    for mine, hf in zip(a.hidden_states, b.hidden_states):
+        assert (mine - hf)[real].abs().max() < 1e-5
+    assert (a.logits - b.logits)[real].abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("n_layers,d_model,n_heads", [(2, 64, 4), (3, 60, 5)])
+def test_gpt2_parity_with_transformers(n_layers, d_model, n_heads):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=101, n_positions=32, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)).eval()
+    ours = CausalLM(preset("gpt2", vocab_size=101, max_seq_len=32, n_layers=n_layers, d_model=d_model,
+                           n_heads=n_heads, d_ff=4 * d_model)).eval()
+    ours.load_state_dict(gpt2_state_from_hf(hf.state_dict(), n_layers), strict=False)
+    ids = torch.randint(0, 101, (3, 20))
+    mask = torch.ones(3, 20, dtype=torch.long)
+    mask[1, 15:] = 0  # right padding
+    compare(ours, hf, ids, mask)
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads", [(4, 2), (4, 4), (6, 1)])
+def test_llama_parity_with_transformers(n_heads, n_kv_heads):
+    transformers = pytest.importorskip("transformers")
+    d_model, n_layers = 16 * n_heads, 2
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=97, hidden_size=d_model, intermediate_size=88, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=64,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    ours = CausalLM(preset("llama", vocab_size=97, max_seq_len=64, n_layers=n_layers, d_model=d_model,
+                           n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=88)).eval()
+    ours.load_state_dict(llama_state_from_hf(hf.state_dict(), n_layers), strict=False)
+    ids = torch.randint(0, 97, (2, 24))
+    mask = torch.ones(2, 24, dtype=torch.long)
+    mask[0, 20:] = 0
+    compare(ours, hf, ids, mask)
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("tiny", {}), ("llama-tiny", {}), ("tiny", {"position": "sinusoidal"}), ("tiny", {"position": "rope", "norm_position": "post"}),
+])
+def test_kv_cache_decoding_equals_full_forward(name, extra):
+    model = CausalLM(preset(name, vocab_size=50, max_seq_len=32, **extra)).eval()
+    ids = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache(2, 32)
+        pieces = [model(ids[:, :5], cache=cache).logits]  # prefill, then one token at a time
+        pieces += [model(ids[:, t:t + 1], cache=cache).logits for t in range(5, 9)]
+        pieces.append(model(ids[:, 9:], cache=cache).logits)  # a chunk over a cached prefix
+    assert (torch.cat(pieces, dim=1) - full).abs().max() < 1e-5
+    assert cache.length == 12
+
+
+def test_outputs_hidden_states_and_attentions():
+    cfg = preset("tiny", vocab_size=40, max_seq_len=16)
+    model = CausalLM(cfg).eval()
+    out = model(torch.randint(0, 40, (2, 9)), output_hidden_states=True, output_attentions=True)
+    assert out.logits.shape == (2, 9, 40)
+    assert len(out.hidden_states) == cfg.n_layers + 1 and out.hidden_states[0].shape == (2, 9, cfg.d_model)
+    assert len(out.attentions) == cfg.n_layers and out.attentions[0].shape == (2, cfg.n_heads, 9, 9)
+    assert torch.all(out.attentions[0].triu(1) == 0)  # causal: nothing attends to the future
+
+
+def test_tied_and_untied_heads():
+    tied = CausalLM(preset("tiny", vocab_size=40))
+    assert tied.lm_head.weight is tied.stack.tok_embed.weight
+    untied = CausalLM(preset("tiny", vocab_size=40, tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.stack.tok_embed.weight
+    assert untied.parameter_counts()["total"] - tied.parameter_counts()["total"] == 40 * 128
+
+
+def test_preset_parameter_counts():
+    with torch.device("meta"):  # shapes only: no memory, no time
+        gpt2 = CausalLM(preset("gpt2"))
+        llama = CausalLM(preset("tinyllama-1.1b"))
+    assert gpt2.parameter_counts()["total"] == 124_439_808  # OpenAI's GPT-2 small
+    assert llama.parameter_counts()["total"] == 1_100_048_384  # TinyLlama 1.1B
+    tiny = CausalLM(preset("tiny"))
+    assert 0.9e6 < tiny.parameter_counts()["total"] < 1.5e6
+    assert set(PRESETS) >= {"tiny", "gpt2", "llama"}

@@ -1,0 +1,179 @@
+"""The training loop: it learns, it resumes bit for bit after a real kill, it scales out with
+torchrun, and its configuration behaves as documented."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from stratalm.errors import ConfigError, OutputExistsError
+from stratalm.train import pretrain
+from stratalm.train.config import build_run_config
+from stratalm.train.optim import learning_rate
+
+TINY = {"preset": "tiny", "n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "max_seq_len": 32}
+
+
+def run_config(data, out, **train):
+    return build_run_config(None, {"data": str(data), "out": str(out), "model": dict(TINY),
+                                   "train": {"progress": False, "log_every": 1, "eval_every": 0, **train}})
+
+
+def losses(out):
+    with open(os.path.join(out, "metrics.jsonl")) as handle:
+        return [r["loss"] for r in map(json.loads, handle) if "loss" in r]
+
+
+def unigram_entropy(data_folder) -> float:
+    """The loss of the best model that ignores context: the entropy of token frequencies."""
+    import numpy as np
+
+    from stratalm.data import TokenData
+
+    data = TokenData(str(data_folder))
+    start, end = data.split("train")
+    counts = np.bincount(data.read(start, end - start))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def test_loss_goes_down_and_the_run_folder_is_complete(char_data, tmp_path):
+    out = tmp_path / "run"
+    model = {**TINY, "d_ff": 256, "max_seq_len": 64}
+    run = build_run_config(None, {"data": str(char_data), "out": str(out), "model": model, "train": {
+        "progress": False, "log_every": 1, "eval_every": 0, "max_steps": 300, "batch_size": 16, "lr": 1e-2,
+        "warmup_steps": 20}})
+    result = pretrain(run)
+    curve = losses(out)
+    # From uniform guessing (ln V) to clearly below the best context-free model.
+    baseline = unigram_entropy(char_data)
+    assert curve[0] > baseline + 0.8
+    assert result["val_loss"] < baseline - 0.3 and sum(curve[-10:]) / 10 < baseline - 0.3
+    names = set(os.listdir(out))
+    assert {"model.safetensors", "config.json", "tokenizer.json", "trainer_state.json", "optimizer.safetensors",
+            "run.yaml", "metrics.jsonl"} <= names
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["step"] == 300 and set(state["rng"]) >= {"sampler", "torch", "objective"}
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = run_config("d", "o", max_steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10).train
+    rates = [learning_rate(s, cfg) for s in range(120)]
+    assert rates[0] < rates[5] < rates[9] <= 1e-3
+    assert max(rates) == pytest.approx(1e-3, rel=1e-2)
+    assert all(a >= b for a, b in zip(rates[10:100], rates[11:100]))
+    assert rates[100] == rates[119] == pytest.approx(1e-4)
+
+
+def test_weight_decay_only_on_matrices(char_data, tmp_path):
+    from stratalm.train.trainer import Trainer
+
+    trainer = Trainer(run_config(char_data, tmp_path / "r", max_steps=1))
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] > 0 and all(p.dim() == 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0 and all(p.dim() == 1 for p in no_decay["params"])
+
+
+def pretrain_command(data, out, steps):
+    return [sys.executable, "-m", "stratalm", "pretrain", "--data", str(data), "--out", str(out),
+            "--max-steps", str(steps), "--save-every", "25", "--resume", "--model", "tiny",
+            "model.n_layers=2", "model.d_model=64", "model.max_seq_len=32", "model.dropout=0.1",
+            "train.batch_size=8", "train.eval_every=50", "train.log_every=5", "train.progress=false"]
+
+
+def test_resume_after_a_real_kill_is_bitwise_identical(char_data, tmp_path):
+    steps = 300
+    reference = tmp_path / "reference"
+    subprocess.run(pretrain_command(char_data, reference, steps), check=True, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(pretrain_command(char_data, killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "trainer_state.json").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.5))  # anywhere after the first checkpoint, mid-step or mid-save
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    interrupted_at = json.loads((killed / "trainer_state.json").read_text())["step"]
+    assert interrupted_at < steps
+
+    finished = subprocess.run(pretrain_command(char_data, killed, steps), capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming from step" in finished.stdout
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(reference / name), load_file(killed / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert losses(reference) == losses(killed)  # the metrics were cut back to the checkpoint and rewritten
+
+
+def test_two_processes_match_one_with_the_same_global_batch(char_data, tmp_path):
+    common = ["--data", str(char_data), "--max-steps", "15", "--model", "tiny", "model.n_layers=2",
+              "model.d_model=64", "model.max_seq_len=32", "train.batch_size=8", "train.log_every=1",
+              "train.eval_every=0", "train.progress=false"]
+    single = run_cli("pretrain", "--out", tmp_path / "one", *common)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "stratalm", "pretrain", "--out", str(tmp_path / "two"), *common],
+        capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert "2 processes" in double.stdout
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 15
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5
+
+
+def test_yaml_and_overrides_resolve_and_are_saved(char_data, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  preset: tiny\n  n_layers: 3\ntrain:\n  lr: 0.01\n  max_steps: 2\n")
+    out = tmp_path / "run"
+    result = run_cli("pretrain", "--config", config, "--data", char_data, "--out", out,
+                     "train.lr=2e-3", "model.d_model=64", "train.progress=false")
+    assert result.returncode == 0, result.stderr
+    import yaml
+
+    saved = yaml.safe_load((out / "run.yaml").read_text())
+    assert saved["train"]["lr"] == 2e-3 and saved["train"]["max_steps"] == 2  # command line beats the file
+    assert saved["resolved_model"]["n_layers"] == 3 and saved["resolved_model"]["d_model"] == 64
+    assert saved["resolved_model"]["vocab_size"] == json.loads((char_data / "manifest.json").read_text())["vocab_size"]
+
+
+def test_unknown_keys_list_the_valid_ones():
+    with pytest.raises(ConfigError, match="train.lr"):
+        build_run_config(None, {"train": {"learning_rate": 1}})
+    with pytest.raises(ConfigError, match="model.n_layers"):
+        build_run_config(None, {"model": {"layers": 2}})
+    with pytest.raises(ConfigError, match="expects int"):
+        build_run_config(None, {"train": {"max_steps": "many"}})
+
+
+def test_help_lists_every_config_key_with_its_default():
+    result = run_cli("pretrain", "--help")
+    assert result.returncode == 0
+    for key in ("train.lr = 0.001", "train.batch_size = 16", "model.n_kv_heads = None", "model.position = 'learned'"):
+        assert key in result.stdout
+
+
+def test_an_output_folder_of_another_run_is_refused(char_data, tmp_path):
+    out = tmp_path / "run"
+    pretrain(run_config(char_data, out, max_steps=2))
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(OutputExistsError, match="--resume"):
+        pretrain(run_config(char_data, out, max_steps=2))
+    other = build_run_config(None, {"data": str(char_data), "out": str(out), "model": {**TINY, "n_layers": 3},
+                                    "train": {"max_steps": 4, "progress": False}})
+    with pytest.raises(OutputExistsError, match="n_layers"):
+        pretrain(other, resume=True)
+    assert (out / "model.safetensors").read_bytes() == before
+    (out / "notes.txt").write_text("mine")
+    pretrain(other, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite replaces the run, not the user's files
