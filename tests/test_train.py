@@ -177,3 +177,10 @@ def test_an_output_folder_of_another_run_is_refused(char_data, tmp_path):
     (out / "notes.txt").write_text("mine")
     pretrain(other, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"  # --overwrite replaces the run, not the user's files
+
+
+def test_gradient_accumulation_matches_one_big_batch(char_data, tmp_path):
+    pretrain(run_config(char_data, tmp_path / "one", max_steps=8, batch_size=8, grad_accum=1))
+    pretrain(run_config(char_data, tmp_path / "four", max_steps=8, batch_size=8, grad_accum=4))
+    one, four = losses(tmp_path / "one"), losses(tmp_path / "four")
+    assert len(one) == 8 and max(abs(a - b) for a, b in zip(one, four)) < 1e-5
