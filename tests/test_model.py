@@ -9,34 +9,12 @@ from stratalm.families import PRESETS, preset
 from stratalm.models import CausalLM
 
 
-def gpt2_state_from_hf(hf_state: dict, n_layers: int) -> dict:
-    """GPT-2 names -> stratalm names (its Conv1D stores matrices transposed)."""
-    out = {"stack.tok_embed.weight": hf_state["transformer.wte.weight"],
-           "stack.positions.weight": hf_state["transformer.wpe.weight"],
-           "stack.final_norm.weight": hf_state["transformer.ln_f.weight"],
-           "stack.final_norm.bias": hf_state["transformer.ln_f.bias"]}
-    pairs = {"ln_1": "attn_norm", "ln_2": "ff_norm", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.out",
-             "mlp.c_fc": "ff.up", "mlp.c_proj": "ff.down"}
-    for i in range(n_layers):
-        for theirs, ours in pairs.items():
-            w = hf_state[f"transformer.h.{i}.{theirs}.weight"]
-            out[f"stack.blocks.{i}.{ours}.weight"] = w if theirs.startswith("ln") else w.T
-            out[f"stack.blocks.{i}.{ours}.bias"] = hf_state[f"transformer.h.{i}.{theirs}.bias"]
-    return out
+def load_hf_weights(ours, hf_model):
+    """Copy an HF model's weights into ours through the family's weight map."""
+    from stratalm.families import FAMILIES
 
-
-def llama_state_from_hf(hf_state: dict, n_layers: int) -> dict:
-    out = {"stack.tok_embed.weight": hf_state["model.embed_tokens.weight"],
-           "stack.final_norm.weight": hf_state["model.norm.weight"], "lm_head.weight": hf_state["lm_head.weight"]}
-    for i in range(n_layers):
-        p = f"model.layers.{i}."
-        out[f"stack.blocks.{i}.attn.qkv.weight"] = torch.cat([hf_state[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
-        out[f"stack.blocks.{i}.attn.out.weight"] = hf_state[p + "self_attn.o_proj.weight"]
-        out[f"stack.blocks.{i}.ff.up.weight"] = torch.cat([hf_state[p + "mlp.gate_proj.weight"], hf_state[p + "mlp.up_proj.weight"]])
-        out[f"stack.blocks.{i}.ff.down.weight"] = hf_state[p + "mlp.down_proj.weight"]
-        out[f"stack.blocks.{i}.attn_norm.weight"] = hf_state[p + "input_layernorm.weight"]
-        out[f"stack.blocks.{i}.ff_norm.weight"] = hf_state[p + "post_attention_layernorm.weight"]
-    return out
+    state = FAMILIES[ours.config.family].from_hf_state(hf_model.state_dict(), ours.config, "test")
+    ours.load_state_dict(state, strict=False)
 
 
 def compare(ours, theirs, input_ids, attention_mask):
@@ -58,7 +36,7 @@ def test_gpt2_parity_with_transformers(n_layers, d_model, n_heads):
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)).eval()
     ours = CausalLM(preset("gpt2", vocab_size=101, max_seq_len=32, n_layers=n_layers, d_model=d_model,
                            n_heads=n_heads, d_ff=4 * d_model)).eval()
-    ours.load_state_dict(gpt2_state_from_hf(hf.state_dict(), n_layers), strict=False)
+    load_hf_weights(ours, hf)
     ids = torch.randint(0, 101, (3, 20))
     mask = torch.ones(3, 20, dtype=torch.long)
     mask[1, 15:] = 0  # right padding
@@ -75,7 +53,7 @@ def test_llama_parity_with_transformers(n_heads, n_kv_heads):
         rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
     ours = CausalLM(preset("llama", vocab_size=97, max_seq_len=64, n_layers=n_layers, d_model=d_model,
                            n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=88)).eval()
-    ours.load_state_dict(llama_state_from_hf(hf.state_dict(), n_layers), strict=False)
+    load_hf_weights(ours, hf)
     ids = torch.randint(0, 97, (2, 24))
     mask = torch.ones(2, 24, dtype=torch.long)
     mask[0, 20:] = 0

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .errors import CheckpointError
 from .model_config import ModelConfig
+from .models import CausalLM
 from .tokenize import Tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
@@ -88,9 +89,14 @@ def write_model_files(model: torch.nn.Module, folder: str, metadata: Optional[di
 
 
 def save(model: torch.nn.Module, path: str, format: str = "stratalm") -> None:
-    """Write `model` (and its tokenizer) as a checkpoint folder at `path`."""
+    """Write `model` (and its tokenizer) as a checkpoint folder at `path`: format "stratalm", or
+    "hf" for a folder that Hugging Face `transformers` loads into the family's class."""
+    if format == "hf":
+        from .hf import save_hf  # hf builds on this module
+
+        return save_hf(model, path)
     if format != "stratalm":
-        raise CheckpointError(f"unknown checkpoint format '{format}'; this version writes 'stratalm'.")
+        raise CheckpointError(f"unknown checkpoint format '{format}'; use 'stratalm' or 'hf'.")
     staging = pending_folder(path)
     write_model_files(model, staging)
     commit_files(path)
@@ -115,7 +121,9 @@ def read_config(path: str) -> dict[str, Any]:
 def load_config(path: str) -> ModelConfig:
     config = read_config(path)
     if "stratalm_version" not in config:
-        raise CheckpointError(f"'{path}' is not a stratalm checkpoint (its {CONFIG} has no stratalm_version).")
+        from .hf import config_from_hf  # hf builds on this module
+
+        return config_from_hf(config, path)
     fields = {k: v for k, v in config.items() if k not in ("stratalm_version", "architecture")}
     return ModelConfig.from_dict(fields)
 
@@ -158,11 +166,15 @@ def check_tokenizer(tokenizer: Tokenizer, config: ModelConfig, source: str) -> N
 
 
 def load(path: str, device: str = "cpu") -> torch.nn.Module:
-    """Load a checkpoint folder; the model carries its tokenizer as `model.tokenizer` (or None)."""
-    from .models import CausalLM  # models sit above io in the import order of the package
-
+    """Load a stratalm checkpoint folder, or a folder written by `transformers`' save_pretrained;
+    the model carries its tokenizer as `model.tokenizer` (or None)."""
     if os.path.isdir(path):
         recover(path)
+    raw = read_config(path)
+    if "stratalm_version" not in raw:
+        from .hf import load_hf  # hf builds on this module
+
+        return load_hf(path, raw).to(device).eval()
     config = load_config(path)
     state = load_weights(path)
     model = CausalLM(config)

@@ -58,8 +58,8 @@ class Trainer:
         self.run, self.cfg = run, run.train
         if self.cfg.batch_size < 1 or self.cfg.grad_accum < 1 or self.cfg.max_steps < 1:
             raise ConfigError("train.batch_size, train.grad_accum and train.max_steps must be at least 1.")
-        self.dist = setup_distributed("cuda" if run.train.device.startswith("cuda") or (
-            run.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+        wants_cuda = self.cfg.device.startswith("cuda") or (self.cfg.device == "auto" and torch.cuda.is_available())
+        self.dist = setup_distributed("cuda" if wants_cuda else "cpu")
         self.device = resolve_device(self.cfg.device, self.dist)
         parts = self.cfg.grad_accum * self.dist.world_size
         if self.cfg.batch_size % parts:

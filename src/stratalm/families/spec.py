@@ -1,0 +1,101 @@
+"""What a family is: data. A preset table, a weight-name map to and from Hugging Face, and the HF
+config keys it reads and writes. No family has a model class of its own."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import CheckpointError
+from ..model_config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One stratalm tensor and the HF tensor(s) it comes from. `{i}` stands for the layer index.
+
+    Several HF tensors are concatenated along dim 0 (Llama's q/k/v into one qkv matrix); `split`
+    gives their sizes from the config so an export can cut them apart again. `transpose` is for
+    GPT-2's Conv1D, which stores matrices as (in, out).
+    """
+
+    ours: str
+    theirs: tuple[str, ...]
+    transpose: bool = False
+    split: Optional[Callable[[ModelConfig], list[int]]] = None
+    per_layer: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "per_layer", "{i}" in self.ours)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    hf_model_type: str
+    hf_architecture: str  # the transformers class an export loads into
+    rules: Callable[[ModelConfig], list[Rule]]
+    config_from_hf: Callable[[dict[str, Any]], dict[str, Any]]
+    config_to_hf: Callable[[ModelConfig], dict[str, Any]]
+    ignore: tuple[str, ...] = ()  # HF keys that carry no weights (buffers of older versions)
+    hf_prefixes: tuple[str, ...] = field(default_factory=tuple)  # prefixes a headless HF save drops
+
+    def expand(self, config: ModelConfig) -> list[Rule]:
+        """The rules with `{i}` filled in for every layer."""
+        out = []
+        for rule in self.rules(config):
+            if rule.per_layer:
+                for i in range(config.n_layers):
+                    out.append(Rule(rule.ours.format(i=i), tuple(t.format(i=i) for t in rule.theirs),
+                                    rule.transpose, rule.split))
+            else:
+                out.append(rule)
+        return out
+
+    def from_hf_state(self, state: dict[str, torch.Tensor], config: ModelConfig, source: str) -> dict[str, torch.Tensor]:
+        state = {k: v for k, v in state.items() if not any(k.endswith(s) for s in self.ignore)}
+        out: dict[str, torch.Tensor] = {}
+        used: set[str] = set()
+        for rule in self.expand(config):
+            names = [self._find(state, name) for name in rule.theirs]
+            if rule.ours == "lm_head.weight" and config.tie_embeddings:
+                used.update(n for n in names if n is not None)  # a tied head is the embedding
+                continue
+            if any(n is None for n in names):
+                missing = rule.theirs[[n is None for n in names].index(True)]
+                raise CheckpointError(f"'{source}' has no weight '{missing}', which a {self.name} model needs.")
+            parts = [state[n].T if rule.transpose else state[n] for n in names]
+            out[rule.ours] = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+            used.update(names)
+        extra = sorted(set(state) - used)
+        if extra:
+            raise CheckpointError(f"'{source}' has weights a {self.name} model does not use, e.g. '{extra[0]}'.")
+        return out
+
+    def to_hf_state(self, state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for rule in self.expand(config):
+            if rule.ours not in state:
+                continue  # a tied head is stored once, as the embedding
+            tensor = state[rule.ours]
+            parts = tensor.split(rule.split(config), dim=0) if rule.split else [tensor]
+            for name, part in zip(rule.theirs, parts):
+                out[name] = (part.T if rule.transpose else part).contiguous()
+        return out
+
+    def _find(self, state: dict[str, torch.Tensor], name: str) -> Optional[str]:
+        if name in state:
+            return name
+        for prefix in self.hf_prefixes:  # e.g. a BertModel saved without the "bert." of BertForPreTraining
+            if name.startswith(prefix) and name[len(prefix):] in state:
+                return name[len(prefix):]
+        return None
+
+
+def pick(values: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    """The first of `keys` present in an HF config (names changed across transformers versions)."""
+    for key in keys:
+        if values.get(key) is not None:
+            return values[key]
+    return default

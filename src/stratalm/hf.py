@@ -1,0 +1,82 @@
+"""Hugging Face `transformers` folders: read config.json + weights into a stratalm model, and write
+a stratalm model as a folder that `transformers` loads into the matching class. Each family's
+data (families/) says how names and config keys translate; this module only moves tensors."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+from .families import hf_family, hf_family_of
+from .io import CONFIG, TOKENIZER, WEIGHTS, check_tokenizer, commit_files, load_state_into, model_state, pending_folder
+from .model_config import ModelConfig
+from .models import CausalLM
+from .tokenize import Tokenizer
+
+
+def read_hf_weights(path: str) -> dict[str, torch.Tensor]:
+    """model.safetensors, a sharded model.safetensors.index.json, or (never unpickled freely)
+    pytorch_model.bin through torch.load(weights_only=True)."""
+    single, index = os.path.join(path, WEIGHTS), os.path.join(path, WEIGHTS + ".index.json")
+    try:
+        if os.path.isfile(single):
+            return load_file(single)
+        if os.path.isfile(index):
+            with open(index) as handle:
+                files = sorted(set(json.load(handle)["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for name in files:
+                state.update(load_file(os.path.join(path, name)))
+            return state
+    except Exception as exc:  # safetensors raises its own exception types
+        raise CheckpointError(f"the weights in '{path}' are corrupt or truncated ({str(exc)[:100]}).") from None
+    pickle = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(pickle):
+        try:
+            return torch.load(pickle, map_location="cpu", weights_only=True)
+        except Exception:
+            raise CheckpointError(
+                f"'{pickle}' is a pickle that does not load with weights_only=True; stratalm refuses arbitrary pickles."
+            ) from None
+    raise CheckpointError(f"checkpoint '{path}' is incomplete: no {WEIGHTS} (or pytorch_model.bin) found.")
+
+
+def config_from_hf(hf_config: dict[str, Any], source: str) -> ModelConfig:
+    family = hf_family(hf_config.get("model_type"), source)
+    try:
+        return ModelConfig.from_dict(family.config_from_hf(hf_config))
+    except KeyError as exc:
+        raise CheckpointError(f"'{source}/{CONFIG}' lacks the key {exc} that a {family.name} config needs.") from None
+
+
+def load_hf(path: str, hf_config: dict[str, Any]) -> CausalLM:
+    config = config_from_hf(hf_config, path)
+    family = hf_family(hf_config.get("model_type"), path)
+    model = CausalLM(config)
+    load_state_into(model, family.from_hf_state(read_hf_weights(path), config, path), path)
+    tokenizer_file = os.path.join(path, TOKENIZER)
+    if os.path.isfile(tokenizer_file):
+        model.tokenizer = Tokenizer.load(tokenizer_file)
+        check_tokenizer(model.tokenizer, config, path)
+    return model
+
+
+def save_hf(model: torch.nn.Module, path: str) -> None:
+    """Write `model` as a transformers folder: config.json, model.safetensors, tokenizer.json."""
+    family = hf_family_of(model.config)
+    staging = pending_folder(path)
+    state = family.to_hf_state(model_state(model), model.config)
+    save_file({k: v.cpu() for k, v in state.items()}, os.path.join(staging, WEIGHTS), metadata={"format": "pt"})
+    hf_config = {"model_type": family.hf_model_type, "architectures": [family.hf_architecture],
+                 **family.config_to_hf(model.config), "torch_dtype": "float32"}
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        hf_config.update({f"{role}_token_id": getattr(tokenizer, f"{role}_id") for role in ("bos", "eos", "pad")})
+        tokenizer.save(os.path.join(staging, TOKENIZER))
+    with open(os.path.join(staging, CONFIG), "w") as handle:
+        json.dump(hf_config, handle, indent=2)
+    commit_files(path)

@@ -1,0 +1,104 @@
+"""Checkpoints move both ways between stratalm and Hugging Face `transformers` without changing a number."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import stratalm
+from stratalm.errors import CheckpointError
+from stratalm.families import preset
+from stratalm.models import CausalLM
+
+transformers = pytest.importorskip("transformers")
+
+CASES = {
+    "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=120, n_positions=40, n_embd=60, n_layer=2, n_head=5, bos_token_id=0, eos_token_id=0)),
+    "gpt2-untied-relu": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=120, n_positions=40, n_embd=64, n_layer=3, n_head=4, n_inner=100, activation_function="relu",
+        layer_norm_epsilon=1e-6, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)),
+    "llama-gqa": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=120, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=500000.0,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0)),
+    "llama-tied-mha": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=120, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=3,
+        max_position_embeddings=64, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)),
+}
+
+
+def max_diffs(a, b, mask):
+    real = mask.bool()
+    hidden = max(float((x - y)[real].abs().max()) for x, y in zip(a.hidden_states, b.hidden_states))
+    return float((a.logits - b.logits)[real].abs().max()), hidden
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hf_folder_loads_and_exports_back(case, tmp_path):
+    torch.manual_seed(0)
+    hf = CASES[case]().eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = stratalm.load(str(tmp_path / "hf"))
+    ids = torch.randint(0, 120, (2, 17))
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    with torch.no_grad():
+        theirs_out = hf(ids, attention_mask=mask, output_hidden_states=True)
+        ours_out = ours(ids, attention_mask=mask, output_hidden_states=True)
+    assert max(max_diffs(ours_out, theirs_out, mask)) <= 1e-5
+
+    stratalm.save(ours, str(tmp_path / "back"), format="hf")
+    again, info = type(hf).from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    with torch.no_grad():
+        back_out = again.eval()(ids, attention_mask=mask, output_hidden_states=True)
+    assert max(max_diffs(back_out, theirs_out, mask)) <= 1e-5
+
+
+def test_a_trained_stratalm_model_exports_with_its_tokenizer(tmp_path):
+    from stratalm.tokenize import train_bpe
+    from conftest import pydoc_texts
+
+    model = CausalLM(preset("tiny", vocab_size=300, max_seq_len=32)).eval()
+    model.tokenizer = train_bpe(iter(pydoc_texts(3)), vocab_size=300, show_progress=False)
+    stratalm.save(model, str(tmp_path / "hf"), format="hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["eos_token_id"] == model.tokenizer.eos_id
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
+    ids = torch.tensor([fast.encode("The for statement")])
+    assert ids[0].tolist() == model.tokenizer.encode("The for statement")
+    assert (hf(ids).logits - model(ids).logits).abs().max() <= 1e-5
+
+
+def test_unknown_model_types_and_bad_pickles_are_refused(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(CheckpointError, match="'mamba'.*supported: gpt2, llama"):
+        stratalm.load(str(tmp_path / "x"))
+    hf = CASES["gpt2"]()
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.json").write_text(json.dumps(hf.config.to_dict()))
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    (evil / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Boom()}))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        stratalm.load(str(evil))
+
+
+def test_a_tensor_saved_as_pytorch_model_bin_loads_with_weights_only(tmp_path):
+    hf = CASES["gpt2"]().eval()
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(hf.config.to_dict()))
+    torch.save(hf.state_dict(), folder / "pytorch_model.bin")
+    ours = stratalm.load(str(folder))
+    ids = torch.randint(0, 120, (1, 9))
+    assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-5
