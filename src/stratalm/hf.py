@@ -14,7 +14,7 @@ from .errors import CheckpointError
 from .families import hf_family, hf_family_of
 from .io import CONFIG, TOKENIZER, WEIGHTS, check_tokenizer, commit_files, load_state_into, model_state, pending_folder
 from .model_config import ModelConfig
-from .models import CausalLM
+from .models import build_model
 from .tokenize import Tokenizer
 
 
@@ -45,19 +45,20 @@ def read_hf_weights(path: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"checkpoint '{path}' is incomplete: no {WEIGHTS} (or pytorch_model.bin) found.")
 
 
-def config_from_hf(hf_config: dict[str, Any], source: str) -> ModelConfig:
+def config_from_hf(hf_config: dict[str, Any], source: str, weight_names: set[str] = frozenset()) -> ModelConfig:
     family = hf_family(hf_config.get("model_type"), source)
     try:
-        return ModelConfig.from_dict(family.config_from_hf(hf_config))
+        return ModelConfig.from_dict(family.config_from_hf(hf_config, set(weight_names)))
     except KeyError as exc:
         raise CheckpointError(f"'{source}/{CONFIG}' lacks the key {exc} that a {family.name} config needs.") from None
 
 
-def load_hf(path: str, hf_config: dict[str, Any]) -> CausalLM:
-    config = config_from_hf(hf_config, path)
+def load_hf(path: str, hf_config: dict[str, Any]) -> torch.nn.Module:
     family = hf_family(hf_config.get("model_type"), path)
-    model = CausalLM(config)
-    load_state_into(model, family.from_hf_state(read_hf_weights(path), config, path), path)
+    weights = read_hf_weights(path)
+    config = config_from_hf(hf_config, path, set(weights))
+    model = build_model(config)
+    load_state_into(model, family.from_hf_state(weights, config, path, set(model_state(model))), path)
     tokenizer_file = os.path.join(path, TOKENIZER)
     if os.path.isfile(tokenizer_file):
         model.tokenizer = Tokenizer.load(tokenizer_file)
@@ -71,7 +72,7 @@ def save_hf(model: torch.nn.Module, path: str) -> None:
     staging = pending_folder(path)
     state = family.to_hf_state(model_state(model), model.config)
     save_file({k: v.cpu() for k, v in state.items()}, os.path.join(staging, WEIGHTS), metadata={"format": "pt"})
-    hf_config = {"model_type": family.hf_model_type, "architectures": [family.hf_architecture],
+    hf_config = {"model_type": family.hf_model_type, "architectures": [family.architecture(model.config)],
                  **family.config_to_hf(model.config), "torch_dtype": "float32"}
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .errors import CheckpointError
 from .model_config import ModelConfig
-from .models import CausalLM
+from .models import build_model
 from .tokenize import Tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
@@ -71,10 +71,14 @@ def recover(dest: str) -> None:
 
 # -- model files ------------------------------------------------------------------------------
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The weights to save: a tied LM head is the embedding, so it is stored once."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
+    """The weights to save, each tensor once: a tied head is the embedding, stored under the
+    embedding's name (the first name a shared tensor has in the module tree)."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        state[name] = tensor.detach().contiguous()
     return state
 
 
@@ -177,7 +181,7 @@ def load(path: str, device: str = "cpu") -> torch.nn.Module:
         return load_hf(path, raw).to(device).eval()
     config = load_config(path)
     state = load_weights(path)
-    model = CausalLM(config)
+    model = build_model(config)
     load_state_into(model, state, path)
     tokenizer_file = os.path.join(path, TOKENIZER)
     if os.path.isfile(tokenizer_file):

@@ -21,6 +21,7 @@ POSITIONS = ("learned", "sinusoidal", "rope", "none")
 @dataclass(frozen=True)
 class ModelConfig:
     family: str = setting("gpt2", "family the weights follow (names the weight map for Hugging Face interop)")
+    stack: str = setting("decoder", "decoder (causal, LM head) or encoder (bidirectional, BERT-style heads)")
     vocab_size: int = setting(50257, "rows of the token embedding (and columns of the LM head)")
     max_seq_len: int = setting(1024, "longest sequence the model accepts (the context, or block size)")
     n_layers: int = setting(12, "number of Transformer blocks")
@@ -37,12 +38,19 @@ class ModelConfig:
     norm_position: str = setting("pre", "pre: norm before each sublayer (GPT-2, Llama); post: after the residual add (BERT)")
     final_norm: bool = setting(True, "a norm after the last block (pre-norm stacks need it)")
     position: str = setting("learned", "positions: learned, sinusoidal, rope (rotary) or none")
+    padding_positions: bool = setting(False, "RoBERTa: positions count from pad_token_id + 1; padding sits at pad_token_id")
+    type_vocab_size: int = setting(0, "rows of the token-type (segment) embedding; 0 = no segments (BERT uses 2)")
+    embedding_norm: bool = setting(False, "a norm right after the embeddings are summed (BERT-style encoders)")
+    pad_token_id: int = setting(0, "id of the padding token (RoBERTa position ids depend on it)")
     rope_theta: float = setting(10000.0, "rotary base frequency (position=rope)")
     attention_bias: bool = setting(True, "query/key/value/output projections carry biases")
     mlp_bias: bool = setting(True, "feed-forward projections carry biases")
     dropout: float = setting(0.0, "dropout on embeddings, sublayer outputs (0 = off, the fast path)")
     attention_dropout: float = setting(0.0, "dropout on attention probabilities")
     tie_embeddings: bool = setting(True, "the LM head reuses the token embedding matrix")
+    mlm_head: bool = setting(False, "encoder: masked-LM head (dense, activation, norm, tied decoder with bias)")
+    pooler: bool = setting(False, "encoder: pooler (dense + tanh on the first token)")
+    nsp_head: bool = setting(False, "encoder: next-sentence / sentence-order head (2 logits from the pooled vector)")
     init_std: float = setting(0.02, "standard deviation of the initial weights")
     scale_residual_init: bool = setting(True, "shrink output projections' init by 1/sqrt(2 n_layers) (GPT-2)")
 
@@ -52,6 +60,8 @@ class ModelConfig:
             (self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}"),
             (self.position in POSITIONS, f"position must be one of {', '.join(POSITIONS)}"),
             (self.norm_position in ("pre", "post"), "norm_position must be pre or post"),
+            (self.stack in ("decoder", "encoder"), "stack must be decoder or encoder"),
+            (not self.nsp_head or self.pooler, "nsp_head needs the pooler"),
             (min(self.vocab_size, self.max_seq_len, self.n_layers, self.d_model, self.n_heads, self.d_ff) > 0,
              "vocab_size, max_seq_len, n_layers, d_model, n_heads and d_ff must be positive"),
             (self.head_dim is not None or self.d_model % self.n_heads == 0,

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from ..errors import CheckpointError
 from ..model_config import ModelConfig
+from .bert import BERT
 from .gpt2 import GPT2
 from .llama import LLAMA
 from .presets import PRESETS, preset, preset_names
 from .spec import Family, Rule
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, LLAMA)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, LLAMA, BERT)}
 _BY_HF_TYPE: dict[str, Family] = {f.hf_model_type: f for f in FAMILIES.values()}
 
 

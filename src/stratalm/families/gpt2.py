@@ -26,7 +26,7 @@ def rules(config: ModelConfig) -> list[Rule]:
     return out
 
 
-def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]:
     d_model = pick(hf, "n_embd", "hidden_size")
     return dict(
         family="gpt2", vocab_size=hf["vocab_size"], max_seq_len=pick(hf, "n_positions", "n_ctx", default=1024),
@@ -47,5 +47,5 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     )
 
 
-GPT2 = Family("gpt2", "gpt2", "GPT2LMHeadModel", rules, config_from_hf, config_to_hf,
+GPT2 = Family("gpt2", "gpt2", lambda c: "GPT2LMHeadModel", rules, config_from_hf, config_to_hf,
               ignore=(".attn.bias", ".attn.masked_bias"), hf_prefixes=("transformer.",))

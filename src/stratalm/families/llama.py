@@ -35,7 +35,7 @@ def rules(config: ModelConfig) -> list[Rule]:
     return out
 
 
-def config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]:
     rope = hf.get("rope_parameters") or {}
     if (hf.get("rope_scaling") or rope.get("rope_type", "default")) not in (None, "default"):
         from ..errors import CheckpointError
@@ -65,5 +65,5 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     )
 
 
-LLAMA = Family("llama", "llama", "LlamaForCausalLM", rules, config_from_hf, config_to_hf,
+LLAMA = Family("llama", "llama", lambda c: "LlamaForCausalLM", rules, config_from_hf, config_to_hf,
                ignore=(".rotary_emb.inv_freq",))

@@ -34,12 +34,14 @@ class Rule:
 class Family:
     name: str
     hf_model_type: str
-    hf_architecture: str  # the transformers class an export loads into
+    architecture: Callable[[ModelConfig], str]  # the transformers class an export loads into
     rules: Callable[[ModelConfig], list[Rule]]
-    config_from_hf: Callable[[dict[str, Any]], dict[str, Any]]
+    # (HF config.json, names of the HF weights) -> ModelConfig values; weights tell which heads exist
+    config_from_hf: Callable[[dict[str, Any], set[str]], dict[str, Any]]
     config_to_hf: Callable[[ModelConfig], dict[str, Any]]
-    ignore: tuple[str, ...] = ()  # HF keys that carry no weights (buffers of older versions)
-    hf_prefixes: tuple[str, ...] = field(default_factory=tuple)  # prefixes a headless HF save drops
+    ignore: tuple[str, ...] = ()  # HF keys that carry no weights of their own (buffers, tied aliases)
+    hf_prefixes: tuple[str, ...] = field(default_factory=tuple)  # what a headless HF save drops ("bert.")
+    base_architecture: Optional[str] = None  # the headless class, saved without hf_prefixes
 
     def expand(self, config: ModelConfig) -> list[Rule]:
         """The rules with `{i}` filled in for every layer."""
@@ -53,14 +55,16 @@ class Family:
                 out.append(rule)
         return out
 
-    def from_hf_state(self, state: dict[str, torch.Tensor], config: ModelConfig, source: str) -> dict[str, torch.Tensor]:
+    def from_hf_state(self, state: dict[str, torch.Tensor], config: ModelConfig, source: str,
+                      expected: set[str]) -> dict[str, torch.Tensor]:
+        """HF tensors -> the stratalm names in `expected` (the model's own, each tensor once)."""
         state = {k: v for k, v in state.items() if not any(k.endswith(s) for s in self.ignore)}
         out: dict[str, torch.Tensor] = {}
         used: set[str] = set()
         for rule in self.expand(config):
             names = [self._find(state, name) for name in rule.theirs]
-            if rule.ours == "lm_head.weight" and config.tie_embeddings:
-                used.update(n for n in names if n is not None)  # a tied head is the embedding
+            if rule.ours not in expected:
+                used.update(n for n in names if n is not None)  # a tied head: it is the embedding
                 continue
             if any(n is None for n in names):
                 missing = rule.theirs[[n is None for n in names].index(True)]
@@ -74,6 +78,7 @@ class Family:
         return out
 
     def to_hf_state(self, state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+        headless = self.architecture(config) == self.base_architecture
         out: dict[str, torch.Tensor] = {}
         for rule in self.expand(config):
             if rule.ours not in state:
@@ -81,6 +86,8 @@ class Family:
             tensor = state[rule.ours]
             parts = tensor.split(rule.split(config), dim=0) if rule.split else [tensor]
             for name, part in zip(rule.theirs, parts):
+                if headless:
+                    name = next((name[len(p):] for p in self.hf_prefixes if name.startswith(p)), name)
                 out[name] = (part.T if rule.transpose else part).contiguous()
         return out
 

@@ -12,3 +12,6 @@ class ModelOutput:
     logits: torch.Tensor  # (B, T, vocab) for language-model heads
     hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # embedding output, then one per block
     attentions: Optional[tuple[torch.Tensor, ...]] = None  # (B, nh, T, S) per block
+    last_hidden_state: Optional[torch.Tensor] = None  # (B, T, C), after any final norm
+    pooled: Optional[torch.Tensor] = None  # (B, C): the pooler's sentence vector
+    nsp_logits: Optional[torch.Tensor] = None  # (B, 2): is-next / in-order logits

@@ -28,6 +28,12 @@ class TransformerStack(nn.Module):
             RotaryEmbedding(config.dim_per_head, config.max_seq_len, config.rope_theta)
             if config.position == "rope" else None
         )
+        self.token_types = (
+            nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
+        )
+        self.embed_norm = (
+            make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias) if config.embedding_norm else None
+        )
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.final_norm = (
             make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias) if config.final_norm else None
@@ -41,14 +47,20 @@ class TransformerStack(nn.Module):
         cache: Optional[KVCache] = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        token_type_ids: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,)
+            position_ids = self.default_positions(input_ids, past)
         x = self.tok_embed(input_ids)  # (B, T, C)
         if self.positions is not None:
             x = x + self.positions(position_ids)
+        if self.token_types is not None:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            x = x + self.token_types(types)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         if self.config.dropout > 0:
             x = F.dropout(x, self.config.dropout, self.training)
         rotary = self.rotary.tables(position_ids) if self.rotary is not None else None
@@ -68,6 +80,15 @@ class TransformerStack(nn.Module):
             if hidden is not None:
                 hidden[-1] = x  # the last hidden state is the normed one, as in transformers
         return x, (tuple(hidden) if hidden is not None else None), (tuple(attentions) if attentions is not None else None)
+
+
+    def default_positions(self, input_ids: torch.Tensor, past: int) -> torch.Tensor:
+        """0, 1, 2, ... after any cached tokens; with padding_positions (RoBERTa), real tokens count
+        from pad_token_id + 1 and padding tokens sit at pad_token_id."""
+        if not self.config.padding_positions:
+            return torch.arange(past, past + input_ids.shape[1], device=input_ids.device)  # (T,)
+        real = (input_ids != self.config.pad_token_id).long()
+        return (real.cumsum(dim=1) + past) * real + self.config.pad_token_id  # (B, T)
 
 
 def init_weights(module: nn.Module, config: ModelConfig) -> None:

@@ -83,6 +83,7 @@ class Trainer:
 
         model_dict = self.model.config.to_dict()
         self.resuming = check_out_folder(run.out, resume, overwrite, model_dict)
+        self.dist.barrier()  # every process has looked at the folder before the first one writes to it
         self.step = 0
         self.metrics = MetricsLog(run.out, self.dist.is_main)
         if self.dist.is_main:

@@ -1,0 +1,91 @@
+"""BERT (Devlin et al. 2019): post-norm encoder, learned positions + segment embeddings with a
+norm, gelu, and the pretraining heads (MLM, pooler, next-sentence)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..model_config import ModelConfig
+from .spec import Family, Rule, pick
+
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
+
+
+def _dense(ours: str, theirs: str) -> list[Rule]:
+    return [Rule(f"{ours}.weight", (f"{theirs}.weight",)), Rule(f"{ours}.bias", (f"{theirs}.bias",))]
+
+
+def encoder_rules(config: ModelConfig, base: str) -> list[Rule]:
+    """The embeddings and layers every BERT-style encoder shares; `base` is the model's prefix."""
+    layer = f"{base}.encoder.layer.{{i}}."
+    three = lambda c: [c.d_model] * 3  # noqa: E731  query, key, value
+    rules = [
+        Rule("stack.tok_embed.weight", (f"{base}.embeddings.word_embeddings.weight",)),
+        Rule("stack.positions.weight", (f"{base}.embeddings.position_embeddings.weight",)),
+        *_dense("stack.embed_norm", f"{base}.embeddings.LayerNorm"),
+        Rule("stack.blocks.{i}.attn.qkv.weight", tuple(layer + f"attention.self.{n}.weight" for n in ("query", "key", "value")), split=three),
+        Rule("stack.blocks.{i}.attn.qkv.bias", tuple(layer + f"attention.self.{n}.bias" for n in ("query", "key", "value")), split=three),
+        *_dense("stack.blocks.{i}.attn.out", layer + "attention.output.dense"),
+        *_dense("stack.blocks.{i}.attn_norm", layer + "attention.output.LayerNorm"),
+        *_dense("stack.blocks.{i}.ff.up", layer + "intermediate.dense"),
+        *_dense("stack.blocks.{i}.ff.down", layer + "output.dense"),
+        *_dense("stack.blocks.{i}.ff_norm", layer + "output.LayerNorm"),
+    ]
+    if config.type_vocab_size:
+        rules.append(Rule("stack.token_types.weight", (f"{base}.embeddings.token_type_embeddings.weight",)))
+    if config.pooler:
+        rules += _dense("pooler.dense", f"{base}.pooler.dense")
+    return rules
+
+
+def rules(config: ModelConfig) -> list[Rule]:
+    out = encoder_rules(config, "bert")
+    if config.mlm_head:
+        out += [*_dense("mlm_head.dense", "cls.predictions.transform.dense"),
+                *_dense("mlm_head.norm", "cls.predictions.transform.LayerNorm"),
+                Rule("mlm_head.decoder.weight", ("cls.predictions.decoder.weight",)),
+                Rule("mlm_head.bias", ("cls.predictions.bias",))]
+    if config.nsp_head:
+        out += _dense("nsp_head", "cls.seq_relationship")
+    return out
+
+
+def encoder_config_from_hf(hf: dict[str, Any], weight_names: set[str], family: str) -> dict[str, Any]:
+    return dict(
+        family=family, stack="encoder", vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 512),
+        n_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"],
+        d_ff=hf["intermediate_size"], activation=HF_ACTIVATIONS[hf.get("hidden_act", "gelu")],
+        norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-12), norm_position="post", final_norm=False,
+        position="learned", type_vocab_size=hf.get("type_vocab_size", 2), embedding_norm=True,
+        pad_token_id=pick(hf, "pad_token_id", default=0), dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1), tie_embeddings=hf.get("tie_word_embeddings", True),
+        pooler=any(".pooler.dense." in n or n.startswith("pooler.dense.") for n in weight_names),
+        mlm_head=any("predictions." in n for n in weight_names),
+        nsp_head=any("seq_relationship" in n for n in weight_names),
+        scale_residual_init=False,
+    )
+
+
+def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]:
+    return encoder_config_from_hf(hf, weight_names, "bert")
+
+
+def encoder_config_to_hf(c: ModelConfig) -> dict[str, Any]:
+    activation = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}[c.activation]
+    return dict(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
+        intermediate_size=c.d_ff, hidden_act=activation, max_position_embeddings=c.max_seq_len,
+        type_vocab_size=c.type_vocab_size, layer_norm_eps=c.norm_eps, pad_token_id=c.pad_token_id,
+        hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.attention_dropout,
+        tie_word_embeddings=c.tie_embeddings,
+    )
+
+
+def architecture(c: ModelConfig) -> str:
+    if c.mlm_head and c.nsp_head:
+        return "BertForPreTraining"
+    return "BertForMaskedLM" if c.mlm_head else "BertModel"
+
+
+BERT = Family("bert", "bert", architecture, rules, config_from_hf, encoder_config_to_hf,
+              ignore=("cls.predictions.decoder.bias", ".position_ids"), hf_prefixes=("bert.",),
+              base_architecture="BertModel")

@@ -1,0 +1,55 @@
+"""A bidirectional stack with the BERT family's optional heads: MLM, pooler, next-sentence."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..model_config import ModelConfig
+from .heads import MaskedLMHead, Pooler
+from .output import ModelOutput
+from .stack import TransformerStack, init_weights
+
+
+class EncoderModel(nn.Module):
+    """`logits` are the MLM head's (or, without it, the last hidden states); `pooled` and
+    `nsp_logits` are filled when the config has those heads."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.stack = TransformerStack(config, causal=False)
+        self.mlm_head = MaskedLMHead(config, self.stack.tok_embed) if config.mlm_head else None
+        self.pooler = Pooler(config) if config.pooler else None
+        self.nsp_head = nn.Linear(config.d_model, 2) if config.nsp_head else None
+        init_weights(self, config)
+        if self.mlm_head is not None and config.tie_embeddings:
+            self.mlm_head.decoder.weight = self.stack.tok_embed.weight
+        self.tokenizer = None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        x, hidden, attentions = self.stack(
+            input_ids, attention_mask, position_ids, None, output_hidden_states, output_attentions, token_type_ids
+        )
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return ModelOutput(
+            logits=self.mlm_head(x) if self.mlm_head is not None else x,
+            hidden_states=hidden, attentions=attentions, last_hidden_state=x, pooled=pooled,
+            nsp_logits=self.nsp_head(pooled) if self.nsp_head is not None else None,
+        )
+
+    def parameter_counts(self) -> dict[str, int]:
+        unique = {id(p): p for p in self.parameters()}
+        total = sum(p.numel() for p in unique.values())
+        embedding = sum(p.numel() for n, p in self.stack.named_parameters()
+                        if n.startswith(("tok_embed", "positions", "token_types")))
+        return {"total": total, "embeddings": embedding, "non_embedding": total - embedding}

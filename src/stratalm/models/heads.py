@@ -1,0 +1,37 @@
+"""Heads that sit on an encoder's hidden states."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers import make_norm
+from ..layers.feedforward import activation_fn
+from ..model_config import ModelConfig
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's MLM head: dense -> activation -> norm -> decoder (tied to the embeddings) + bias."""
+
+    def __init__(self, config: ModelConfig, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.act = activation_fn(config.activation)
+        self.norm = make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias)
+        self.decoder = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.decoder.weight = embedding.weight
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(hidden)))) + self.bias  # (B, T, V)
+
+
+class Pooler(nn.Module):
+    """The first token's hidden state through dense + tanh (BERT's sentence vector)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, C)
