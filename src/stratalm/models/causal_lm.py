@@ -38,7 +38,7 @@ class CausalLM(nn.Module):
         x, hidden, attentions = self.stack(
             input_ids, attention_mask, position_ids, cache, output_hidden_states, output_attentions
         )
-        return ModelOutput(logits=self.lm_head(x), hidden_states=hidden, attentions=attentions)
+        return ModelOutput(logits=self.lm_head(x), hidden_states=hidden, attentions=attentions, last_hidden_state=x)
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
         param = self.lm_head.weight

@@ -33,6 +33,10 @@ _ROLE_ALIASES = {
 
 class Tokenizer:
     def __init__(self, backend: HFTokenizer) -> None:
+        # Batching code pads and truncates on its own terms; a tokenizer.json may carry its
+        # own fixed padding or truncation (all-MiniLM-L6-v2 pads everything to 128), so drop them.
+        backend.no_padding()
+        backend.no_truncation()
         self.backend = backend
         self.special_ids: dict[str, Optional[int]] = {
             role: next((backend.token_to_id(t) for t in names if backend.token_to_id(t) is not None), None)
@@ -40,11 +44,19 @@ class Tokenizer:
         }
 
     # -- ids ---------------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids; `add_special_tokens` applies the tokenizer's template (BERT's [CLS] ... [SEP])."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False, max_length: Optional[int] = None) -> list[list[int]]:
+        """Ids of many texts at once (in parallel); `max_length` truncates, keeping special tokens."""
+        if max_length is not None:
+            self.backend.enable_truncation(max_length)
+        try:
+            return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        finally:
+            if max_length is not None:
+                self.backend.no_truncation()
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

