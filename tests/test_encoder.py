@@ -24,16 +24,23 @@ CASES = {
     "pretraining": lambda: transformers.BertForPreTraining(bert_config()),
     "masked_lm_relu": lambda: transformers.BertForMaskedLM(bert_config(hidden_act="relu", layer_norm_eps=1e-6, hidden_size=64, num_attention_heads=4)),
     "base_model": lambda: transformers.BertModel(bert_config()),
+    "roberta_mlm": lambda: transformers.RobertaForMaskedLM(transformers.RobertaConfig(**{
+        **bert_config().to_dict(), "pad_token_id": 1, "max_position_embeddings": 42, "type_vocab_size": 1,
+        "layer_norm_eps": 1e-5})),
+    "roberta_base": lambda: transformers.RobertaModel(transformers.RobertaConfig(**{
+        **bert_config().to_dict(), "pad_token_id": 1, "max_position_embeddings": 42, "type_vocab_size": 1})),
 }
 
 
-def batch():
-    ids = torch.randint(1, 150, (3, 14))
+def batch(config):
+    pad = config.pad_token_id
+    ids = torch.randint(2, 150, (3, 14))
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
-    ids[1, 9:] = 0
+    ids[1, 9:] = pad
     types = torch.zeros_like(ids)
-    types[:, 7:] = 1
+    if config.type_vocab_size > 1:
+        types[:, 7:] = 1
     return ids, mask, types
 
 
@@ -59,7 +66,7 @@ def test_bert_parity_both_ways(case, tmp_path):
     hf = CASES[case]().eval()
     hf.save_pretrained(tmp_path / "hf")
     ours = stratalm.load(str(tmp_path / "hf"))
-    ids, mask, types = batch()
+    ids, mask, types = batch(hf.config)
     check(ours, hf, ids, mask, types)
     stratalm.save(ours, str(tmp_path / "back"), format="hf")
     again, info = type(hf).from_pretrained(tmp_path / "back", output_loading_info=True)

@@ -102,3 +102,25 @@ def test_a_tensor_saved_as_pytorch_model_bin_loads_with_weights_only(tmp_path):
     ours = stratalm.load(str(folder))
     ids = torch.randint(0, 120, (1, 9))
     assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-5
+
+
+def test_convert_and_info_from_the_command_line(tmp_path):
+    from conftest import run_cli
+
+    hf = CASES["llama-gqa"]().eval()
+    hf.save_pretrained(tmp_path / "hf")
+    assert run_cli("convert", tmp_path / "hf", tmp_path / "ours").returncode == 0
+    assert "stratalm_version" in (tmp_path / "ours" / "config.json").read_text()
+    assert run_cli("convert", tmp_path / "ours", tmp_path / "back", "--to", "hf").returncode == 0
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+    ids = torch.randint(0, 120, (1, 11))
+    assert (again(ids).logits - hf(ids).logits).abs().max() <= 1e-5
+    refused = run_cli("convert", tmp_path / "hf", tmp_path / "ours")
+    assert refused.returncode == 2 and "already exists" in refused.stderr
+    info = run_cli("info", tmp_path / "ours", "--json")
+    described = json.loads(info.stdout)
+    assert described["family"] == "llama" and described["kv_heads"] == 2
+    assert described["parameters"] == sum(p.numel() for p in hf.parameters())
+    assert sum(described["parameters_by_component"].values()) == described["parameters"]
+    preset_info = json.loads(run_cli("info", "gpt2", "--json").stdout)
+    assert preset_info["parameters"] == 124_439_808

@@ -54,6 +54,31 @@ def _generate(args: argparse.Namespace) -> None:
     print()
 
 
+def _info(args: argparse.Namespace) -> None:
+    import json
+
+    from .info import describe_model, format_info, load_for_info
+
+    info = describe_model(load_for_info(args.path))
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+
+
+def _convert(args: argparse.Namespace) -> None:
+    import os
+
+    from . import load, save
+    from .errors import OutputExistsError
+    from .io import read_config
+
+    source_format = "stratalm" if "stratalm_version" in read_config(args.src) else "hf"
+    target = args.to or ("hf" if source_format == "stratalm" else "stratalm")
+    if os.path.exists(args.dst) and os.listdir(args.dst) and not args.overwrite:
+        raise OutputExistsError(f"'{args.dst}' already exists and is not empty; choose another destination or pass --overwrite.")
+    model = load(args.src)
+    save(model, args.dst, format=target)
+    print(f"wrote {args.dst} ({target} format, {model.config.family})")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -101,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("info", help="family, sizes and parameter count per component of a checkpoint or preset")
+    p.add_argument("path", help="checkpoint folder (stratalm or Hugging Face) or preset name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("convert", help="convert a checkpoint between stratalm and Hugging Face formats")
+    p.add_argument("src", help="checkpoint folder (stratalm or Hugging Face)")
+    p.add_argument("dst", help="output folder")
+    p.add_argument("--to", choices=["hf", "stratalm"], help="target format (default: the other one)")
+    p.add_argument("--overwrite", action="store_true", help="replace files in an existing output folder")
+    p.set_defaults(func=_convert)
 
     p = sub.add_parser("demo", help="prepare the built-in corpus, train a small GPT for about two minutes, sample")
     p.add_argument("--out", default="runs/demo", help="folder for the demo's data and model")

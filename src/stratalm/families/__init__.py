@@ -7,9 +7,10 @@ from .bert import BERT
 from .gpt2 import GPT2
 from .llama import LLAMA
 from .presets import PRESETS, preset, preset_names
+from .roberta import ROBERTA
 from .spec import Family, Rule
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, LLAMA, BERT)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, LLAMA, BERT, ROBERTA)}
 _BY_HF_TYPE: dict[str, Family] = {f.hf_model_type: f for f in FAMILIES.values()}
 
 

@@ -1,0 +1,33 @@
+"""RoBERTa (Liu et al. 2019): BERT's encoder with byte-level BPE, positions counted from the padding
+index + 1, one segment, and an MLM head without the next-sentence task."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..model_config import ModelConfig
+from .bert import _dense, encoder_config_from_hf, encoder_config_to_hf, encoder_rules
+from .spec import Family, Rule
+
+
+def rules(config: ModelConfig) -> list[Rule]:
+    out = encoder_rules(config, "roberta")
+    if config.mlm_head:
+        out += [*_dense("mlm_head.dense", "lm_head.dense"), *_dense("mlm_head.norm", "lm_head.layer_norm"),
+                Rule("mlm_head.decoder.weight", ("lm_head.decoder.weight",)), Rule("mlm_head.bias", ("lm_head.bias",))]
+    return out
+
+
+def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]:
+    values = encoder_config_from_hf(hf, weight_names, "roberta")
+    values.update(padding_positions=True, pad_token_id=hf.get("pad_token_id", 1), nsp_head=False,
+                  mlm_head=any(n.startswith("lm_head.") for n in weight_names))
+    return values
+
+
+def architecture(c: ModelConfig) -> str:
+    return "RobertaForMaskedLM" if c.mlm_head else "RobertaModel"
+
+
+ROBERTA = Family("roberta", "roberta", architecture, rules, config_from_hf, encoder_config_to_hf,
+                 ignore=("lm_head.decoder.bias", ".position_ids"), hf_prefixes=("roberta.",),
+                 base_architecture="RobertaModel")
