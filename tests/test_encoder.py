@@ -27,6 +27,18 @@ CASES = {
     "roberta_mlm": lambda: transformers.RobertaForMaskedLM(transformers.RobertaConfig(**{
         **bert_config().to_dict(), "pad_token_id": 1, "max_position_embeddings": 42, "type_vocab_size": 1,
         "layer_norm_eps": 1e-5})),
+    "electra_discriminator": lambda: transformers.ElectraForPreTraining(transformers.ElectraConfig(**{
+        **bert_config().to_dict(), "embedding_size": 60})),
+    "electra_generator_narrow": lambda: transformers.ElectraForMaskedLM(transformers.ElectraConfig(**{
+        **bert_config().to_dict(), "embedding_size": 24, "hidden_size": 48, "num_attention_heads": 4})),
+    "electra_base_narrow": lambda: transformers.ElectraModel(transformers.ElectraConfig(**{
+        **bert_config().to_dict(), "embedding_size": 32})),
+    "albert_pretraining": lambda: transformers.AlbertForPreTraining(transformers.AlbertConfig(**{
+        **bert_config().to_dict(), "embedding_size": 16, "num_hidden_layers": 3, "num_hidden_groups": 1})),
+    "albert_two_groups_mlm": lambda: transformers.AlbertForMaskedLM(transformers.AlbertConfig(**{
+        **bert_config().to_dict(), "embedding_size": 24, "num_hidden_layers": 4, "num_hidden_groups": 2})),
+    "albert_base": lambda: transformers.AlbertModel(transformers.AlbertConfig(**{
+        **bert_config().to_dict(), "embedding_size": 20, "num_hidden_layers": 2})),
     "roberta_base": lambda: transformers.RobertaModel(transformers.RobertaConfig(**{
         **bert_config().to_dict(), "pad_token_id": 1, "max_position_embeddings": 42, "type_vocab_size": 1})),
 }
@@ -51,11 +63,15 @@ def check(ours, theirs, ids, mask, types):
         b = theirs(ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
     for x, y in zip(a.hidden_states, b.hidden_states):
         assert (x - y)[real].abs().max() <= 1e-5
-    if hasattr(b, "prediction_logits") or hasattr(b, "logits"):
-        logits = b.prediction_logits if hasattr(b, "prediction_logits") else b.logits
+    logits = getattr(b, "prediction_logits", None)
+    logits = logits if logits is not None else getattr(b, "logits", None)
+    if logits is not None:
+        assert a.logits.shape == logits.shape
         assert (a.logits - logits)[real].abs().max() <= 1e-5
-    if getattr(b, "seq_relationship_logits", None) is not None:
-        assert (a.nsp_logits - b.seq_relationship_logits).abs().max() <= 1e-5
+    pair_logits = getattr(b, "seq_relationship_logits", None)  # BERT's next sentence
+    pair_logits = pair_logits if pair_logits is not None else getattr(b, "sop_logits", None)  # ALBERT's order
+    if pair_logits is not None:
+        assert (a.nsp_logits - pair_logits).abs().max() <= 1e-5
     if getattr(b, "pooler_output", None) is not None:
         assert (a.pooled - b.pooler_output).abs().max() <= 1e-5
 

@@ -25,6 +25,7 @@ class ModelConfig:
     vocab_size: int = setting(50257, "rows of the token embedding (and columns of the LM head)")
     max_seq_len: int = setting(1024, "longest sequence the model accepts (the context, or block size)")
     n_layers: int = setting(12, "number of Transformer blocks")
+    share_layers: int = setting(0, "ALBERT: this many distinct blocks shared across the n_layers positions (0 = no sharing)")
     d_model: int = setting(768, "width of the residual stream")
     n_heads: int = setting(12, "attention heads for queries")
     n_kv_heads: Optional[int] = setting(None, "heads for keys/values; fewer than n_heads = grouped-query attention (None = n_heads)")
@@ -41,6 +42,7 @@ class ModelConfig:
     padding_positions: bool = setting(False, "RoBERTa: positions count from pad_token_id + 1; padding sits at pad_token_id")
     type_vocab_size: int = setting(0, "rows of the token-type (segment) embedding; 0 = no segments (BERT uses 2)")
     embedding_norm: bool = setting(False, "a norm right after the embeddings are summed (BERT-style encoders)")
+    embedding_dim: Optional[int] = setting(None, "width of the embeddings when smaller than d_model (ALBERT, ELECTRA): a projection follows (None = d_model)")
     pad_token_id: int = setting(0, "id of the padding token (RoBERTa position ids depend on it)")
     rope_theta: float = setting(10000.0, "rotary base frequency (position=rope)")
     attention_bias: bool = setting(True, "query/key/value/output projections carry biases")
@@ -51,6 +53,7 @@ class ModelConfig:
     mlm_head: bool = setting(False, "encoder: masked-LM head (dense, activation, norm, tied decoder with bias)")
     pooler: bool = setting(False, "encoder: pooler (dense + tanh on the first token)")
     nsp_head: bool = setting(False, "encoder: next-sentence / sentence-order head (2 logits from the pooled vector)")
+    rtd_head: bool = setting(False, "encoder: ELECTRA's replaced-token-detection head (one logit per token)")
     init_std: float = setting(0.02, "standard deviation of the initial weights")
     scale_residual_init: bool = setting(True, "shrink output projections' init by 1/sqrt(2 n_layers) (GPT-2)")
 
@@ -61,6 +64,7 @@ class ModelConfig:
             (self.position in POSITIONS, f"position must be one of {', '.join(POSITIONS)}"),
             (self.norm_position in ("pre", "post"), "norm_position must be pre or post"),
             (self.stack in ("decoder", "encoder"), "stack must be decoder or encoder"),
+            (0 <= self.share_layers <= self.n_layers, "share_layers must be between 0 and n_layers"),
             (not self.nsp_head or self.pooler, "nsp_head needs the pooler"),
             (min(self.vocab_size, self.max_seq_len, self.n_layers, self.d_model, self.n_heads, self.d_ff) > 0,
              "vocab_size, max_seq_len, n_layers, d_model, n_heads and d_ff must be positive"),
@@ -73,6 +77,15 @@ class ModelConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"invalid model config: {message}.")
+
+    @property
+    def n_blocks(self) -> int:
+        """Distinct blocks with their own weights (fewer than n_layers when layers are shared)."""
+        return self.share_layers or self.n_layers
+
+    @property
+    def embed_width(self) -> int:
+        return self.embedding_dim or self.d_model
 
     @property
     def kv_heads(self) -> int:

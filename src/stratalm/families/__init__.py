@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from ..errors import CheckpointError
 from ..model_config import ModelConfig
+from .albert import ALBERT
 from .bert import BERT
+from .electra import ELECTRA
 from .gpt2 import GPT2
 from .llama import LLAMA
 from .presets import PRESETS, preset, preset_names
 from .roberta import ROBERTA
 from .spec import Family, Rule
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, LLAMA, BERT, ROBERTA)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, LLAMA, BERT, ROBERTA, ELECTRA, ALBERT)}
 _BY_HF_TYPE: dict[str, Family] = {f.hf_model_type: f for f in FAMILIES.values()}
 
 

@@ -44,11 +44,11 @@ class Family:
     base_architecture: Optional[str] = None  # the headless class, saved without hf_prefixes
 
     def expand(self, config: ModelConfig) -> list[Rule]:
-        """The rules with `{i}` filled in for every layer."""
+        """The rules with `{i}` filled in for every block (every layer, unless layers are shared)."""
         out = []
         for rule in self.rules(config):
             if rule.per_layer:
-                for i in range(config.n_layers):
+                for i in range(config.n_blocks):
                     out.append(Rule(rule.ours.format(i=i), tuple(t.format(i=i) for t in rule.theirs),
                                     rule.transpose, rule.split))
             else:

@@ -39,9 +39,8 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_index: int = 0) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.layer_index = layer_index
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.dim_per_head
         # Queries, keys and values come from one matrix: one matmul per step instead of three.
         qkv_width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
@@ -57,7 +56,10 @@ class Attention(nn.Module):
         rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         cache: Optional[KVCache] = None,
         need_weights: bool = False,
+        layer: int = 0,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """`layer` is the position in the stack, which names this call's slot in the cache (a
+        block shared by several positions keeps one slot per position)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
@@ -68,7 +70,7 @@ class Attention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
-            k, v = cache.update(self.layer_index, k, v)  # (B, nkv, S, hd), S = cached + T
+            k, v = cache.update(layer, k, v)  # (B, nkv, S, hd), S = cached + T
         if need_weights:
             y, weights = attention_with_weights(q, k, v, mask, is_causal)
         else:

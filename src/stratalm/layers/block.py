@@ -16,11 +16,11 @@ from .norms import make_norm
 class Block(nn.Module):
     """Pre-norm: x + f(norm(x)) (GPT-2, Llama). Post-norm: norm(x + f(x)) (original Transformer, BERT)."""
 
-    def __init__(self, config: ModelConfig, layer_index: int = 0) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.attn_norm = make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias)
-        self.attn = Attention(config, layer_index)
+        self.attn = Attention(config)
         self.ff_norm = make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias)
         self.ff = FeedForward(config)
         self.dropout = config.dropout
@@ -37,11 +37,12 @@ class Block(nn.Module):
         rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         cache: Optional[KVCache] = None,
         need_weights: bool = False,
+        layer: int = 0,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self.pre_norm:
-            a, weights = self.attn(self.attn_norm(x), mask, is_causal, rotary, cache, need_weights)
+            a, weights = self.attn(self.attn_norm(x), mask, is_causal, rotary, cache, need_weights, layer)
             x = x + self._drop(a)
             return x + self._drop(self.ff(self.ff_norm(x))), weights
-        a, weights = self.attn(x, mask, is_causal, rotary, cache, need_weights)
+        a, weights = self.attn(x, mask, is_causal, rotary, cache, need_weights, layer)
         x = self.attn_norm(x + self._drop(a))
         return self.ff_norm(x + self._drop(self.ff(x))), weights

@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from ..model_config import ModelConfig
-from .heads import MaskedLMHead, Pooler
+from .heads import MaskedLMHead, Pooler, ReplacedTokenHead
 from .output import ModelOutput
 from .stack import TransformerStack, init_weights
 
 
 class EncoderModel(nn.Module):
-    """`logits` are the MLM head's (or, without it, the last hidden states); `pooled` and
-    `nsp_logits` are filled when the config has those heads."""
+    """`logits` are the MLM head's (B, T, V), else the replaced-token head's (B, T), else the last
+    hidden states; `pooled` and `nsp_logits` are filled when the config has those heads."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -23,6 +23,7 @@ class EncoderModel(nn.Module):
         self.mlm_head = MaskedLMHead(config, self.stack.tok_embed) if config.mlm_head else None
         self.pooler = Pooler(config) if config.pooler else None
         self.nsp_head = nn.Linear(config.d_model, 2) if config.nsp_head else None
+        self.rtd_head = ReplacedTokenHead(config) if config.rtd_head else None
         init_weights(self, config)
         if self.mlm_head is not None and config.tie_embeddings:
             self.mlm_head.decoder.weight = self.stack.tok_embed.weight
@@ -41,8 +42,14 @@ class EncoderModel(nn.Module):
             input_ids, attention_mask, position_ids, None, output_hidden_states, output_attentions, token_type_ids
         )
         pooled = self.pooler(x) if self.pooler is not None else None
+        if self.mlm_head is not None:
+            logits = self.mlm_head(x)
+        elif self.rtd_head is not None:
+            logits = self.rtd_head(x)
+        else:
+            logits = x
         return ModelOutput(
-            logits=self.mlm_head(x) if self.mlm_head is not None else x,
+            logits=logits,
             hidden_states=hidden, attentions=attentions, last_hidden_state=x, pooled=pooled,
             nsp_logits=self.nsp_head(pooled) if self.nsp_head is not None else None,
         )

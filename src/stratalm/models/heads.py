@@ -10,14 +10,16 @@ from ..model_config import ModelConfig
 
 
 class MaskedLMHead(nn.Module):
-    """BERT's MLM head: dense -> activation -> norm -> decoder (tied to the embeddings) + bias."""
+    """BERT's MLM head: dense -> activation -> norm -> decoder (tied to the embeddings) + bias.
+    With factorised embeddings (ALBERT, ELECTRA's generator) the dense layer narrows to their width."""
 
     def __init__(self, config: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        width = config.embed_width
+        self.dense = nn.Linear(config.d_model, width)
         self.act = activation_fn(config.activation)
-        self.norm = make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias)
-        self.decoder = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.norm = make_norm(config.norm, width, config.norm_eps, config.norm_bias)
+        self.decoder = nn.Linear(width, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.decoder.weight = embedding.weight
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
@@ -35,3 +37,16 @@ class Pooler(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, C)
+
+
+class ReplacedTokenHead(nn.Module):
+    """ELECTRA's discriminator: dense -> activation -> one logit per token (is it replaced?)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.act = activation_fn(config.activation)
+        self.out = nn.Linear(config.d_model, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.dense(hidden))).squeeze(-1)  # (B, T)

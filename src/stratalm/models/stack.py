@@ -19,22 +19,22 @@ class TransformerStack(nn.Module):
     def __init__(self, config: ModelConfig, causal: bool = True) -> None:
         super().__init__()
         self.config, self.causal = config, causal
-        self.tok_embed = nn.Embedding(config.vocab_size, config.d_model)
+        width = config.embed_width  # narrower than d_model in ALBERT and ELECTRA's small models
+        self.tok_embed = nn.Embedding(config.vocab_size, width)
         self.positions = (
-            AbsolutePositions(config.position, config.max_seq_len, config.d_model)
+            AbsolutePositions(config.position, config.max_seq_len, width)
             if config.position in ("learned", "sinusoidal") else None
         )
         self.rotary = (
             RotaryEmbedding(config.dim_per_head, config.max_seq_len, config.rope_theta)
             if config.position == "rope" else None
         )
-        self.token_types = (
-            nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
-        )
-        self.embed_norm = (
-            make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias) if config.embedding_norm else None
-        )
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.token_types = nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size else None
+        self.embed_norm = make_norm(config.norm, width, config.norm_eps, config.norm_bias) if config.embedding_norm else None
+        self.embed_proj = nn.Linear(width, config.d_model) if width != config.d_model else None
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
+        # Which block runs at each depth: itself, or (ALBERT) its group's shared block.
+        self.layer_plan = [i * config.n_blocks // config.n_layers for i in range(config.n_layers)]
         self.final_norm = (
             make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias) if config.final_norm else None
         )
@@ -63,12 +63,14 @@ class TransformerStack(nn.Module):
             x = self.embed_norm(x)
         if self.config.dropout > 0:
             x = F.dropout(x, self.config.dropout, self.training)
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)  # (B, T, embedding_dim) -> (B, T, C)
         rotary = self.rotary.tables(position_ids) if self.rotary is not None else None
         mask, is_causal = attention_mask_for(attention_mask, T, past + T, self.causal, input_ids.device)
 
         hidden, attentions = ([x] if output_hidden_states else None), ([] if output_attentions else None)
-        for block in self.blocks:
-            x, weights = block(x, mask, is_causal, rotary, cache, output_attentions)
+        for layer, index in enumerate(self.layer_plan):
+            x, weights = self.blocks[index](x, mask, is_causal, rotary, cache, output_attentions, layer)
             if hidden is not None:
                 hidden.append(x)
             if attentions is not None:

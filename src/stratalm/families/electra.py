@@ -1,0 +1,49 @@
+"""ELECTRA (Clark et al. 2020): a BERT-style encoder whose embeddings may be narrower than the
+hidden size (then projected), with a replaced-token-detection head (the discriminator) or an MLM
+head (the generator)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..model_config import ModelConfig
+from .bert import _dense, encoder_config_from_hf, encoder_config_to_hf, encoder_rules
+from .spec import Family, Rule
+
+
+def rules(config: ModelConfig) -> list[Rule]:
+    out = encoder_rules(config, "electra")
+    if config.embedding_dim:
+        out += _dense("stack.embed_proj", "electra.embeddings_project")
+    if config.rtd_head:
+        out += [*_dense("rtd_head.dense", "discriminator_predictions.dense"),
+                *_dense("rtd_head.out", "discriminator_predictions.dense_prediction")]
+    if config.mlm_head:
+        out += [*_dense("mlm_head.dense", "generator_predictions.dense"),
+                *_dense("mlm_head.norm", "generator_predictions.LayerNorm"),
+                Rule("mlm_head.decoder.weight", ("generator_lm_head.weight",)), Rule("mlm_head.bias", ("generator_lm_head.bias",))]
+    return out
+
+
+def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]:
+    values = encoder_config_from_hf(hf, weight_names, "electra")
+    embedding = hf.get("embedding_size", hf["hidden_size"])
+    values.update(
+        embedding_dim=embedding if embedding != hf["hidden_size"] else None, nsp_head=False, pooler=False,
+        rtd_head=any(n.startswith("discriminator_predictions.") for n in weight_names),
+        mlm_head=any(n.startswith("generator_") for n in weight_names),
+    )
+    return values
+
+
+def config_to_hf(c: ModelConfig) -> dict[str, Any]:
+    return {**encoder_config_to_hf(c), "embedding_size": c.embed_width}
+
+
+def architecture(c: ModelConfig) -> str:
+    if c.rtd_head:
+        return "ElectraForPreTraining"
+    return "ElectraForMaskedLM" if c.mlm_head else "ElectraModel"
+
+
+ELECTRA = Family("electra", "electra", architecture, rules, config_from_hf, config_to_hf,
+                 ignore=(".position_ids",), hf_prefixes=("electra.",), base_architecture="ElectraModel")
