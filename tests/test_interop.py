@@ -124,3 +124,27 @@ def test_convert_and_info_from_the_command_line(tmp_path):
     assert sum(described["parameters_by_component"].values()) == described["parameters"]
     preset_info = json.loads(run_cli("info", "gpt2", "--json").stdout)
     assert preset_info["parameters"] == 124_439_808
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "tinyllama-1.1b", "bert", "bert-base", "roberta-base", "albert-base",
+                                  "albert", "electra-small", "electra-small-generator", "t5-small", "t5-v1_1-small", "t5"])
+def test_presets_have_the_parameter_count_of_their_transformers_class(name):
+    """Every preset exports to a config whose transformers class has exactly our parameters."""
+    from stratalm.families import FAMILIES
+    from stratalm.models import build_model
+
+    config = preset(name)
+    family = FAMILIES[config.family]
+    hf_config = transformers.AutoConfig.for_model(family.hf_model_type, **family.config_to_hf(config))
+    with torch.device("meta"):
+        ours = build_model(config)
+        theirs = getattr(transformers, family.architecture(config))(hf_config)
+    count = lambda m: sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())  # noqa: E731
+    # transformers 5 builds every T5 with a tied head and unties it only when a checkpoint holds both.
+    untied_t5 = config.family == "t5" and not config.tie_embeddings
+    extra = config.vocab_size * config.d_model if untied_t5 else 0
+    assert count(ours) == count(theirs) + extra
+    known = {"gpt2": 124_439_808, "bert-base": 110_106_428, "roberta-base": 124_697_433, "t5-small": 60_506_624,
+             "t5-v1_1-small": 76_961_152}
+    if name in known:
+        assert count(ours) == known[name]

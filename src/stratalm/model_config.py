@@ -15,16 +15,18 @@ from .errors import ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("learned", "sinusoidal", "rope", "none")
+POSITIONS = ("learned", "sinusoidal", "rope", "relative_buckets", "none")
+STACKS = ("decoder", "encoder", "encoder-decoder")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     family: str = setting("gpt2", "family the weights follow (names the weight map for Hugging Face interop)")
-    stack: str = setting("decoder", "decoder (causal, LM head) or encoder (bidirectional, BERT-style heads)")
+    stack: str = setting("decoder", "decoder (causal, LM head), encoder (bidirectional, BERT-style heads) or encoder-decoder (T5)")
     vocab_size: int = setting(50257, "rows of the token embedding (and columns of the LM head)")
     max_seq_len: int = setting(1024, "longest sequence the model accepts (the context, or block size)")
     n_layers: int = setting(12, "number of Transformer blocks")
+    n_decoder_layers: Optional[int] = setting(None, "encoder-decoder: blocks in the decoder (None = n_layers)")
     share_layers: int = setting(0, "ALBERT: this many distinct blocks shared across the n_layers positions (0 = no sharing)")
     d_model: int = setting(768, "width of the residual stream")
     n_heads: int = setting(12, "attention heads for queries")
@@ -38,7 +40,10 @@ class ModelConfig:
     norm_bias: bool = setting(True, "LayerNorm carries a bias (ignored by rmsnorm)")
     norm_position: str = setting("pre", "pre: norm before each sublayer (GPT-2, Llama); post: after the residual add (BERT)")
     final_norm: bool = setting(True, "a norm after the last block (pre-norm stacks need it)")
-    position: str = setting("learned", "positions: learned, sinusoidal, rope (rotary) or none")
+    position: str = setting("learned", "positions: learned, sinusoidal, rope (rotary), relative_buckets (T5) or none")
+    relative_buckets: int = setting(32, "relative_buckets: number of buckets of the learned per-head bias")
+    relative_max_distance: int = setting(128, "relative_buckets: distance beyond which all offsets share a bucket")
+    attention_scale: Optional[float] = setting(None, "multiplier of q.k before the softmax (None = 1/sqrt(head_dim); T5 uses 1)")
     padding_positions: bool = setting(False, "RoBERTa: positions count from pad_token_id + 1; padding sits at pad_token_id")
     type_vocab_size: int = setting(0, "rows of the token-type (segment) embedding; 0 = no segments (BERT uses 2)")
     embedding_norm: bool = setting(False, "a norm right after the embeddings are summed (BERT-style encoders)")
@@ -50,6 +55,8 @@ class ModelConfig:
     dropout: float = setting(0.0, "dropout on embeddings, sublayer outputs (0 = off, the fast path)")
     attention_dropout: float = setting(0.0, "dropout on attention probabilities")
     tie_embeddings: bool = setting(True, "the LM head reuses the token embedding matrix")
+    lm_head_scale: bool = setting(False, "scale the last hidden state by d_model^-0.5 before the LM head (T5 v1.0)")
+    decoder_start_token_id: int = setting(0, "encoder-decoder: the token the decoder starts from (T5: pad = 0)")
     mlm_head: bool = setting(False, "encoder: masked-LM head (dense, activation, norm, tied decoder with bias)")
     pooler: bool = setting(False, "encoder: pooler (dense + tanh on the first token)")
     nsp_head: bool = setting(False, "encoder: next-sentence / sentence-order head (2 logits from the pooled vector)")
@@ -63,7 +70,7 @@ class ModelConfig:
             (self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}"),
             (self.position in POSITIONS, f"position must be one of {', '.join(POSITIONS)}"),
             (self.norm_position in ("pre", "post"), "norm_position must be pre or post"),
-            (self.stack in ("decoder", "encoder"), "stack must be decoder or encoder"),
+            (self.stack in STACKS, f"stack must be one of {', '.join(STACKS)}"),
             (0 <= self.share_layers <= self.n_layers, "share_layers must be between 0 and n_layers"),
             (not self.nsp_head or self.pooler, "nsp_head needs the pooler"),
             (min(self.vocab_size, self.max_seq_len, self.n_layers, self.d_model, self.n_heads, self.d_ff) > 0,

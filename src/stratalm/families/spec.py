@@ -13,7 +13,8 @@ from ..model_config import ModelConfig
 
 @dataclass(frozen=True)
 class Rule:
-    """One stratalm tensor and the HF tensor(s) it comes from. `{i}` stands for the layer index.
+    """One stratalm tensor and the HF tensor(s) it comes from. `{i}` stands for the index of a
+    block (of the encoder, in an encoder-decoder) and `{d}` for a decoder block.
 
     Several HF tensors are concatenated along dim 0 (Llama's q/k/v into one qkv matrix); `split`
     gives their sizes from the config so an export can cut them apart again. `transpose` is for
@@ -24,10 +25,6 @@ class Rule:
     theirs: tuple[str, ...]
     transpose: bool = False
     split: Optional[Callable[[ModelConfig], list[int]]] = None
-    per_layer: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "per_layer", "{i}" in self.ours)
 
 
 @dataclass(frozen=True)
@@ -44,15 +41,18 @@ class Family:
     base_architecture: Optional[str] = None  # the headless class, saved without hf_prefixes
 
     def expand(self, config: ModelConfig) -> list[Rule]:
-        """The rules with `{i}` filled in for every block (every layer, unless layers are shared)."""
+        """The rules with `{i}` filled in for every block (every layer, unless layers are shared)
+        and `{d}` for every decoder block."""
+        counts = {"i": config.n_blocks, "d": config.n_decoder_layers or config.n_layers}
         out = []
         for rule in self.rules(config):
-            if rule.per_layer:
-                for i in range(config.n_blocks):
-                    out.append(Rule(rule.ours.format(i=i), tuple(t.format(i=i) for t in rule.theirs),
-                                    rule.transpose, rule.split))
-            else:
+            key = next((k for k in counts if "{" + k + "}" in rule.ours), None)
+            if key is None:
                 out.append(rule)
+                continue
+            for n in range(counts[key]):
+                out.append(Rule(rule.ours.format(**{key: n}), tuple(t.format(**{key: n}) for t in rule.theirs),
+                                rule.transpose, rule.split))
         return out
 
     def from_hf_state(self, state: dict[str, torch.Tensor], config: ModelConfig, source: str,

@@ -3,6 +3,6 @@ from .attention import Attention, KVCache
 from .block import Block
 from .feedforward import FeedForward
 from .norms import make_norm
-from .positions import AbsolutePositions, RotaryEmbedding
+from .positions import AbsolutePositions, RelativePositionBias, RotaryEmbedding
 
-__all__ = ["Attention", "KVCache", "Block", "FeedForward", "make_norm", "AbsolutePositions", "RotaryEmbedding"]
+__all__ = ["Attention", "KVCache", "Block", "FeedForward", "make_norm", "AbsolutePositions", "RelativePositionBias", "RotaryEmbedding"]

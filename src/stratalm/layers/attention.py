@@ -27,6 +27,7 @@ class KVCache:
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
         self.max_len = max_len
+        self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer: keys/values of the encoder output
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
@@ -39,14 +40,23 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """Self-attention, or with `cross` attention from the decoder to the encoder's output (queries
+    from x, keys and values from `memory`)."""
+
+    def __init__(self, config: ModelConfig, cross: bool = False) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.dim_per_head
-        # Queries, keys and values come from one matrix: one matmul per step instead of three.
-        qkv_width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
-        self.qkv = nn.Linear(config.d_model, qkv_width, bias=config.attention_bias)
-        self.out = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.attention_bias)
+        self.cross = cross
+        q_width, kv_width = self.n_heads * self.head_dim, 2 * self.n_kv_heads * self.head_dim
+        if cross:
+            self.q = nn.Linear(config.d_model, q_width, bias=config.attention_bias)
+            self.kv = nn.Linear(config.d_model, kv_width, bias=config.attention_bias)
+        else:
+            # Queries, keys and values come from one matrix: one matmul per step instead of three.
+            self.qkv = nn.Linear(config.d_model, q_width + kv_width, bias=config.attention_bias)
+        self.out = nn.Linear(q_width, config.d_model, bias=config.attention_bias)
         self.dropout = config.attention_dropout
+        self.scale = config.attention_scale  # None: 1/sqrt(head_dim)
 
     def forward(
         self,
@@ -57,42 +67,59 @@ class Attention(nn.Module):
         cache: Optional[KVCache] = None,
         need_weights: bool = False,
         layer: int = 0,
+        memory: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """`layer` is the position in the stack, which names this call's slot in the cache (a
-        block shared by several positions keeps one slot per position)."""
+        block shared by several positions keeps one slot per position). `mask` is boolean (True =
+        attend) or float (added to the scores: T5's position bias with -inf where masked)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
-        )
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nkv, S, hd), S = cached + T
+        if self.cross:
+            q = self.q(x)
+            if cache is not None and layer in cache.cross:
+                k, v = cache.cross[layer]  # the encoder output does not change while decoding
+            else:
+                k, v = self._heads(self.kv(memory)).chunk(2, dim=1)  # (B, nkv, S, hd) each
+                if cache is not None:
+                    cache.cross[layer] = (k, v)
+            q = self._heads(q)
+        else:
+            q, k, v = self.qkv(x).split(
+                [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
+            )
+            q = self._heads(q)  # (B, nh, T, hd)
+            k, v = self._heads(k), self._heads(v)  # (B, nkv, T, hd)
+            if rotary is not None:
+                q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # (B, nkv, S, hd), S = cached + T
         if need_weights:
-            y, weights = attention_with_weights(q, k, v, mask, is_causal)
+            y, weights = attention_with_weights(q, k, v, mask, is_causal, self.scale)
         else:
             weights = None
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal,
-                dropout_p=self.dropout if self.training else 0.0,
+                dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.out(y), weights
 
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, n x hd) -> (B, n, T, hd)."""
+        return x.view(x.shape[0], x.shape[1], -1, self.head_dim).transpose(1, 2)
 
-def attention_with_weights(q, k, v, mask, is_causal):
-    """The explicit softmax(q k^T / sqrt(d)) v, used only when the caller asks for the weights."""
+
+def attention_with_weights(q, k, v, mask, is_causal, scale=None):
+    """The explicit softmax(q k^T * scale + mask) v, used only when the caller asks for the weights."""
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    scores = q @ k.transpose(-2, -1) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))  # (B, nh, T, S)
     if is_causal:
         T, S = scores.shape[-2:]
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-    if mask is not None:
+    if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
     weights = scores.softmax(dim=-1)
     return weights @ v, weights

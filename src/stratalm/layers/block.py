@@ -14,13 +14,19 @@ from .norms import make_norm
 
 
 class Block(nn.Module):
-    """Pre-norm: x + f(norm(x)) (GPT-2, Llama). Post-norm: norm(x + f(x)) (original Transformer, BERT)."""
+    """Pre-norm: x + f(norm(x)) (GPT-2, Llama, T5). Post-norm: norm(x + f(x)) (original
+    Transformer, BERT). With `cross`, a cross-attention sublayer over the encoder's output sits
+    between self-attention and the feed-forward layer (the decoder of an encoder-decoder)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, cross: bool = False) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.attn_norm = make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias)
         self.attn = Attention(config)
+        if cross:
+            self.cross_norm = make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias)
+            self.cross_attn = Attention(config, cross=True)
+        self.cross = cross
         self.ff_norm = make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias)
         self.ff = FeedForward(config)
         self.dropout = config.dropout
@@ -38,11 +44,19 @@ class Block(nn.Module):
         cache: Optional[KVCache] = None,
         need_weights: bool = False,
         layer: int = 0,
+        memory: Optional[torch.Tensor] = None,
+        memory_mask: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self.pre_norm:
             a, weights = self.attn(self.attn_norm(x), mask, is_causal, rotary, cache, need_weights, layer)
             x = x + self._drop(a)
+            if self.cross:
+                c, _ = self.cross_attn(self.cross_norm(x), memory_mask, False, None, cache, False, layer, memory)
+                x = x + self._drop(c)
             return x + self._drop(self.ff(self.ff_norm(x))), weights
         a, weights = self.attn(x, mask, is_causal, rotary, cache, need_weights, layer)
         x = self.attn_norm(x + self._drop(a))
+        if self.cross:
+            c, _ = self.cross_attn(x, memory_mask, False, None, cache, False, layer, memory)
+            x = self.cross_norm(x + self._drop(c))
         return self.ff_norm(x + self._drop(self.ff(x))), weights

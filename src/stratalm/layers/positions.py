@@ -59,3 +59,37 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+class RelativePositionBias(nn.Module):
+    """T5's position information (Raffel et al. 2020): a learned bias per head, added to the
+    attention scores, indexed by the bucket of the key's offset from the query. Small offsets get
+    a bucket each; larger ones share logarithmically wider buckets up to `max_distance`. An encoder
+    tells left from right (half the buckets each); a decoder only looks back."""
+
+    def __init__(self, n_buckets: int, max_distance: int, n_heads: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.n_buckets, self.max_distance, self.bidirectional = n_buckets, max_distance, bidirectional
+        self.weight = nn.Parameter(torch.zeros(n_buckets, n_heads))
+
+    def bucket(self, offset: torch.Tensor) -> torch.Tensor:
+        """offset = key position - query position -> bucket index."""
+        n = self.n_buckets
+        base = torch.zeros_like(offset)
+        if self.bidirectional:
+            n //= 2
+            base = (offset > 0).long() * n  # keys to the right use the upper half
+            distance = offset.abs()
+        else:
+            distance = (-offset).clamp(min=0)  # only the past counts
+        exact = n // 2
+        log_ratio = torch.log(distance.float().clamp(min=1) / exact) / math.log(self.max_distance / exact)
+        far = (exact + (log_ratio * (n - exact)).long()).clamp(max=n - 1)
+        return base + torch.where(distance < exact, distance, far)
+
+    def forward(self, n_queries: int, n_keys: int, past: int = 0) -> torch.Tensor:
+        """The bias for queries at positions past..past+n_queries over keys 0..n_keys: (1, nh, T, S)."""
+        device = self.weight.device
+        queries = torch.arange(past, past + n_queries, device=device)[:, None]
+        keys = torch.arange(n_keys, device=device)[None, :]
+        return self.weight[self.bucket(keys - queries)].permute(2, 0, 1).unsqueeze(0)

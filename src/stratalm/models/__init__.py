@@ -2,11 +2,14 @@
 from .causal_lm import CausalLM
 from .encoder import EncoderModel
 from .output import ModelOutput
+from .seq2seq import EncoderDecoderModel
 from .stack import TransformerStack
 
-__all__ = ["CausalLM", "EncoderModel", "build_model", "ModelOutput", "TransformerStack"]
+__all__ = ["CausalLM", "EncoderModel", "EncoderDecoderModel", "build_model", "ModelOutput", "TransformerStack"]
 
 
 def build_model(config):
-    """The model class a config describes: a decoder with an LM head, or an encoder with its heads."""
-    return EncoderModel(config) if config.stack == "encoder" else CausalLM(config)
+    """The model class a config describes: a decoder with an LM head, an encoder with its heads,
+    or an encoder-decoder."""
+    classes = {"decoder": CausalLM, "encoder": EncoderModel, "encoder-decoder": EncoderDecoderModel}
+    return classes[config.stack](config)

@@ -30,3 +30,11 @@ def attention_mask_for(
         # A padding query that sees no key would give NaN; let it see everything (its output is ignored).
         mask = mask | ~mask.any(dim=-1, keepdim=True)
     return mask, False
+
+
+def add_position_bias(mask: Optional[torch.Tensor], is_causal: bool, bias: torch.Tensor) -> torch.Tensor:
+    """Fold a boolean mask (or the causal rule) into an additive bias (1, nh, T, S): -inf where masked."""
+    if is_causal:
+        T, S = bias.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=bias.device).tril(S - T)
+    return bias if mask is None else bias.masked_fill(~mask, float("-inf"))

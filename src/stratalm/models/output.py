@@ -15,3 +15,5 @@ class ModelOutput:
     last_hidden_state: Optional[torch.Tensor] = None  # (B, T, C), after any final norm
     pooled: Optional[torch.Tensor] = None  # (B, C): the pooler's sentence vector
     nsp_logits: Optional[torch.Tensor] = None  # (B, 2): is-next / in-order logits
+    encoder_last_hidden_state: Optional[torch.Tensor] = None  # encoder-decoder: the encoder's output
+    encoder_hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # encoder-decoder, when asked

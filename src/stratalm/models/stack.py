@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AbsolutePositions, Block, KVCache, RotaryEmbedding, make_norm
+from ..layers import AbsolutePositions, Block, KVCache, RelativePositionBias, RotaryEmbedding, make_norm
 from ..model_config import ModelConfig
-from .masks import attention_mask_for
+from .masks import add_position_bias, attention_mask_for
 
 
 class TransformerStack(nn.Module):
-    """embed tokens (+ positions) -> blocks -> final norm. `causal` makes it a decoder."""
+    """embed tokens (+ positions) -> blocks -> final norm. `causal` makes it a decoder; `cross`
+    gives its blocks cross-attention over an encoder's output (passed to forward as `memory`)."""
 
-    def __init__(self, config: ModelConfig, causal: bool = True) -> None:
+    def __init__(self, config: ModelConfig, causal: bool = True, cross: bool = False) -> None:
         super().__init__()
         self.config, self.causal = config, causal
         width = config.embed_width  # narrower than d_model in ALBERT and ELECTRA's small models
@@ -32,7 +33,12 @@ class TransformerStack(nn.Module):
         self.token_types = nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size else None
         self.embed_norm = make_norm(config.norm, width, config.norm_eps, config.norm_bias) if config.embedding_norm else None
         self.embed_proj = nn.Linear(width, config.d_model) if width != config.d_model else None
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
+        # T5: one learned bias table per stack, computed once per forward and shared by all layers.
+        self.rel_bias = (
+            RelativePositionBias(config.relative_buckets, config.relative_max_distance, config.n_heads, not causal)
+            if config.position == "relative_buckets" else None
+        )
+        self.blocks = nn.ModuleList(Block(config, cross) for _ in range(config.n_blocks))
         # Which block runs at each depth: itself, or (ALBERT) its group's shared block.
         self.layer_plan = [i * config.n_blocks // config.n_layers for i in range(config.n_layers)]
         self.final_norm = (
@@ -48,6 +54,8 @@ class TransformerStack(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         token_type_ids: Optional[torch.Tensor] = None,
+        memory: Optional[torch.Tensor] = None,
+        memory_mask: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -67,10 +75,14 @@ class TransformerStack(nn.Module):
             x = self.embed_proj(x)  # (B, T, embedding_dim) -> (B, T, C)
         rotary = self.rotary.tables(position_ids) if self.rotary is not None else None
         mask, is_causal = attention_mask_for(attention_mask, T, past + T, self.causal, input_ids.device)
+        if self.rel_bias is not None:
+            mask, is_causal = add_position_bias(mask, is_causal, self.rel_bias(T, past + T, past)), False
+        if memory is not None:
+            memory_mask, _ = attention_mask_for(memory_mask, T, memory.shape[1], False, input_ids.device)
 
         hidden, attentions = ([x] if output_hidden_states else None), ([] if output_attentions else None)
         for layer, index in enumerate(self.layer_plan):
-            x, weights = self.blocks[index](x, mask, is_causal, rotary, cache, output_attentions, layer)
+            x, weights = self.blocks[index](x, mask, is_causal, rotary, cache, output_attentions, layer, memory, memory_mask)
             if hidden is not None:
                 hidden.append(x)
             if attentions is not None:

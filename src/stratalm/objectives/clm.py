@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+from ..model_config import ModelConfig
 from ..models import ModelOutput
 from .base import Objective
 
@@ -11,6 +13,13 @@ from .base import Objective
 class CausalLMObjective(Objective):
     name = "clm"
     extra_tokens = 1
+
+    def check(self, config: ModelConfig, data) -> None:
+        if config.stack != "decoder":
+            raise ConfigError(
+                f"the clm objective trains decoder-only models; '{config.family}' is an {config.stack} model "
+                f"(its objectives, such as mlm or span, come with the objectives release)."
+            )
 
     def prepare(self, windows: torch.Tensor, rng: torch.Generator):
         return {"input_ids": windows[:, :-1]}, {"labels": windows[:, 1:]}

@@ -16,7 +16,7 @@ from ..data.tokens import RandomWindows, TokenData, sequential_windows
 from ..errors import ConfigError
 from ..families import preset
 from ..io import check_tokenizer, load as load_checkpoint
-from ..models import CausalLM
+from ..models import build_model as model_from_config
 from ..objectives import get_objective
 from .config import RunConfig
 from .distributed import Distributed, setup_distributed, teardown_distributed
@@ -35,7 +35,7 @@ def resolve_device(name: str, dist: Distributed) -> torch.device:
     return torch.device(name)
 
 
-def build_model(run: RunConfig, data: TokenData) -> CausalLM:
+def build_model(run: RunConfig, data: TokenData) -> torch.nn.Module:
     """A fresh model from a preset, or the weights of a checkpoint folder to continue from."""
     source = run.model_source
     if os.path.isdir(source):
@@ -45,7 +45,7 @@ def build_model(run: RunConfig, data: TokenData) -> CausalLM:
     else:
         overrides = run.model_overrides()
         overrides.setdefault("vocab_size", data.vocab_size)
-        model = CausalLM(preset(source, **overrides))
+        model = model_from_config(preset(source, **overrides))
     model.tokenizer = data.tokenizer()
     check_tokenizer(model.tokenizer, model.config, run.data)
     return model

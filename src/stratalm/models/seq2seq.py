@@ -1,0 +1,79 @@
+"""An encoder and a decoder that share one token embedding (T5's layout): the decoder attends to
+its own past causally and to the whole encoder output through cross-attention."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..layers import KVCache
+from ..model_config import ModelConfig
+from .output import ModelOutput
+from .stack import TransformerStack, init_weights
+
+
+def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: the start token, then the targets moved one step right
+    (ignored positions, -100, become padding)."""
+    shifted = labels.new_full(labels.shape, start_id)
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, pad_id)
+
+
+class EncoderDecoderModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.decoder_config = dataclasses.replace(config, n_layers=config.n_decoder_layers or config.n_layers, share_layers=0)
+        self.encoder = TransformerStack(config, causal=False)
+        self.decoder = TransformerStack(self.decoder_config, causal=True, cross=True)
+        self.decoder.tok_embed = self.encoder.tok_embed  # one table for both sides
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        init_weights(self, config)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.encoder.tok_embed.weight
+        self.tokenizer = None
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.encoder(input_ids, attention_mask)[0]  # (B, S, C)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        decoder_input_ids: Optional[torch.Tensor] = None,
+        decoder_attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        encoder_output: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        """Give `decoder_input_ids`, or `labels` to build them by shifting right. `encoder_output`
+        skips the encoder (decoding reuses it at every step)."""
+        encoder_hidden = None
+        if encoder_output is None:
+            encoder_output, encoder_hidden, _ = self.encoder(input_ids, attention_mask,
+                                                             output_hidden_states=output_hidden_states)
+        if decoder_input_ids is None:
+            decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
+        x, hidden, attentions = self.decoder(
+            decoder_input_ids, decoder_attention_mask, None, cache, output_hidden_states, output_attentions,
+            memory=encoder_output, memory_mask=attention_mask,
+        )
+        if self.config.lm_head_scale:
+            x = x * self.config.d_model ** -0.5  # T5 v1.0: keeps tied-embedding logits small
+        return ModelOutput(logits=self.lm_head(x), hidden_states=hidden, attentions=attentions, last_hidden_state=x,
+                           encoder_last_hidden_state=encoder_output, encoder_hidden_states=encoder_hidden)
+
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
+        param = self.lm_head.weight
+        return KVCache(self.decoder_config, batch_size, max_len or self.config.max_seq_len, param.dtype, param.device)
+
+    def parameter_counts(self) -> dict[str, int]:
+        unique = {id(p): p for p in self.parameters()}
+        total = sum(p.numel() for p in unique.values())
+        embedding = self.encoder.tok_embed.weight.numel()
+        return {"total": total, "embeddings": embedding, "non_embedding": total - embedding}
