@@ -39,6 +39,13 @@ CASES = {
         **bert_config().to_dict(), "embedding_size": 24, "num_hidden_layers": 4, "num_hidden_groups": 2})),
     "albert_base": lambda: transformers.AlbertModel(transformers.AlbertConfig(**{
         **bert_config().to_dict(), "embedding_size": 20, "num_hidden_layers": 2})),
+    "bert_classifier": lambda: transformers.BertForSequenceClassification(bert_config(num_labels=3)),
+    "albert_classifier": lambda: transformers.AlbertForSequenceClassification(transformers.AlbertConfig(**{
+        **bert_config().to_dict(), "embedding_size": 16, "num_labels": 4})),
+    "roberta_classifier": lambda: transformers.RobertaForSequenceClassification(transformers.RobertaConfig(**{
+        **bert_config().to_dict(), "pad_token_id": 1, "max_position_embeddings": 42, "type_vocab_size": 1, "num_labels": 2})),
+    "electra_classifier": lambda: transformers.ElectraForSequenceClassification(transformers.ElectraConfig(**{
+        **bert_config().to_dict(), "embedding_size": 32, "num_labels": 5})),
     "roberta_base": lambda: transformers.RobertaModel(transformers.RobertaConfig(**{
         **bert_config().to_dict(), "pad_token_id": 1, "max_position_embeddings": 42, "type_vocab_size": 1})),
 }
@@ -67,7 +74,8 @@ def check(ours, theirs, ids, mask, types):
     logits = logits if logits is not None else getattr(b, "logits", None)
     if logits is not None:
         assert a.logits.shape == logits.shape
-        assert (a.logits - logits)[real].abs().max() <= 1e-5
+        per_token = logits.dim() > 2 or logits.shape[1] == ids.shape[1]
+        assert ((a.logits - logits)[real] if per_token else (a.logits - logits)).abs().max() <= 1e-5
     pair_logits = getattr(b, "seq_relationship_logits", None)  # BERT's next sentence
     pair_logits = pair_logits if pair_logits is not None else getattr(b, "sop_logits", None)  # ALBERT's order
     if pair_logits is not None:

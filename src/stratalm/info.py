@@ -7,23 +7,28 @@ from typing import Any
 
 import torch
 
-# (prefix of a parameter name, component it belongs to); the first match wins
-COMPONENTS = [
-    ("stack.tok_embed", "embeddings"), ("stack.positions", "embeddings"), ("stack.token_types", "embeddings"),
-    ("stack.embed_norm", "embeddings"), ("stack.blocks.", None), ("stack.final_norm", "final norm"),
-    ("lm_head", "LM head"), ("mlm_head", "MLM head"), ("pooler", "pooler"), ("nsp_head", "next-sentence head"),
+# Parts of a stack (after "stack.", "encoder." or "decoder.") and heads; the first match wins.
+STACK_PARTS = [
+    ("tok_embed", "embeddings"), ("positions", "embeddings"), ("token_types", "embeddings"),
+    ("embed_norm", "embeddings"), ("embed_proj", "embeddings"), ("rel_bias", "position bias"),
+    ("final_norm", "final norm"),
 ]
-BLOCK_PARTS = [("attn.", "attention"), ("ff.", "feed-forward"), ("", "block norms")]
+BLOCK_PARTS = [("attn.", "attention"), ("cross_attn.", "cross-attention"), ("ff.", "feed-forward"), ("", "block norms")]
+HEADS = [("lm_head", "LM head"), ("mlm_head", "MLM head"), ("pooler", "pooler"), ("nsp_head", "next-sentence head"),
+         ("rtd_head", "replaced-token head"), ("classifier", "classifier")]
+STACKS = {"stack": "", "encoder": "encoder ", "decoder": "decoder "}
 
 
 def component_of(name: str) -> str:
-    for prefix, component in COMPONENTS:
-        if name.startswith(prefix):
-            if component is not None:
-                return component
-            rest = name.split(".", 3)[3]  # stack.blocks.<i>.<rest>
-            return next(part for key, part in BLOCK_PARTS if rest.startswith(key))
-    return "other"
+    stack, _, rest = name.partition(".")
+    if stack not in STACKS:
+        return next((label for prefix, label in HEADS if name.startswith(prefix)), "other")
+    if rest.startswith("blocks."):
+        inner = rest.split(".", 2)[2]  # blocks.<i>.<inner>
+        part = next(label for key, label in BLOCK_PARTS if inner.startswith(key))
+    else:
+        part = next((label for key, label in STACK_PARTS if rest.startswith(key)), "other")
+    return STACKS[stack] + part
 
 
 def describe_model(model: torch.nn.Module) -> dict[str, Any]:

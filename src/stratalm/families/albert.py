@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..model_config import ModelConfig
-from .bert import _dense, encoder_config_from_hf, encoder_config_to_hf
+from .bert import _dense, classifier_rules, encoder_config_from_hf, encoder_config_to_hf
 from .spec import Family, Rule
 
 
@@ -34,7 +34,7 @@ def rules(config: ModelConfig) -> list[Rule]:
                 Rule("mlm_head.decoder.weight", ("predictions.decoder.weight",)), Rule("mlm_head.bias", ("predictions.bias",))]
     if config.nsp_head:
         out += _dense("nsp_head", "sop_classifier.classifier")
-    return out
+    return out + classifier_rules(config)
 
 
 def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]:
@@ -56,6 +56,8 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
 
 
 def architecture(c: ModelConfig) -> str:
+    if c.n_labels:
+        return "AlbertForSequenceClassification"
     if c.mlm_head and c.nsp_head:
         return "AlbertForPreTraining"
     return "AlbertForMaskedLM" if c.mlm_head else "AlbertModel"

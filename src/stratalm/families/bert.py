@@ -46,7 +46,23 @@ def rules(config: ModelConfig) -> list[Rule]:
                 Rule("mlm_head.bias", ("cls.predictions.bias",))]
     if config.nsp_head:
         out += _dense("nsp_head", "cls.seq_relationship")
-    return out
+    return out + classifier_rules(config)
+
+
+def classifier_rules(config: ModelConfig) -> list[Rule]:
+    """HF names of a sequence-classification head: `classifier` on the pooler, or (dense
+    classifiers) `classifier.dense` + `classifier.out_proj`."""
+    if not config.n_labels:
+        return []
+    if config.classifier == "pooled":
+        return _dense("classifier.out", "classifier")
+    return [*_dense("classifier.dense", "classifier.dense"), *_dense("classifier.out", "classifier.out_proj")]
+
+
+def n_labels_from_hf(hf: dict[str, Any], weight_names: set[str]) -> int:
+    if not any(n.startswith("classifier.") for n in weight_names):
+        return 0
+    return len(hf.get("id2label") or {}) or hf.get("num_labels", 2)
 
 
 def encoder_config_from_hf(hf: dict[str, Any], weight_names: set[str], family: str) -> dict[str, Any]:
@@ -61,7 +77,7 @@ def encoder_config_from_hf(hf: dict[str, Any], weight_names: set[str], family: s
         pooler=any(".pooler.dense." in n or n.startswith("pooler.dense.") for n in weight_names),
         mlm_head=any("predictions." in n for n in weight_names),
         nsp_head=any("seq_relationship" in n for n in weight_names),
-        scale_residual_init=False,
+        n_labels=n_labels_from_hf(hf, weight_names), classifier="pooled", scale_residual_init=False,
     )
 
 
@@ -77,10 +93,13 @@ def encoder_config_to_hf(c: ModelConfig) -> dict[str, Any]:
         type_vocab_size=c.type_vocab_size, layer_norm_eps=c.norm_eps, pad_token_id=c.pad_token_id,
         hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.attention_dropout,
         tie_word_embeddings=c.tie_embeddings,
+        **({"id2label": {str(i): f"LABEL_{i}" for i in range(c.n_labels)}} if c.n_labels else {}),
     )
 
 
 def architecture(c: ModelConfig) -> str:
+    if c.n_labels:
+        return "BertForSequenceClassification"
     if c.mlm_head and c.nsp_head:
         return "BertForPreTraining"
     return "BertForMaskedLM" if c.mlm_head else "BertModel"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..model_config import ModelConfig
-from .bert import _dense, encoder_config_from_hf, encoder_config_to_hf, encoder_rules
+from .bert import _dense, classifier_rules, encoder_config_from_hf, encoder_config_to_hf, encoder_rules
 from .spec import Family, Rule
 
 
@@ -21,13 +21,14 @@ def rules(config: ModelConfig) -> list[Rule]:
         out += [*_dense("mlm_head.dense", "generator_predictions.dense"),
                 *_dense("mlm_head.norm", "generator_predictions.LayerNorm"),
                 Rule("mlm_head.decoder.weight", ("generator_lm_head.weight",)), Rule("mlm_head.bias", ("generator_lm_head.bias",))]
-    return out
+    return out + classifier_rules(config)
 
 
 def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]:
     values = encoder_config_from_hf(hf, weight_names, "electra")
     embedding = hf.get("embedding_size", hf["hidden_size"])
-    values.update(
+    values.update(classifier="dense", classifier_activation="gelu",
+                  
         embedding_dim=embedding if embedding != hf["hidden_size"] else None, nsp_head=False, pooler=False,
         rtd_head=any(n.startswith("discriminator_predictions.") for n in weight_names),
         mlm_head=any(n.startswith("generator_") for n in weight_names),
@@ -40,6 +41,8 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
 
 
 def architecture(c: ModelConfig) -> str:
+    if c.n_labels:
+        return "ElectraForSequenceClassification"
     if c.rtd_head:
         return "ElectraForPreTraining"
     return "ElectraForMaskedLM" if c.mlm_head else "ElectraModel"

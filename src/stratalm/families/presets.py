@@ -31,11 +31,12 @@ BERT_STYLE: dict[str, Any] = dict(
 )
 ROBERTA_STYLE: dict[str, Any] = {**BERT_STYLE, "family": "roberta", "norm_eps": 1e-5, "type_vocab_size": 1,
                                   "padding_positions": True, "pad_token_id": 1, "pooler": False, "nsp_head": False,
+                                  "classifier": "dense", "classifier_activation": "tanh",
                                   "vocab_size": 50265, "max_seq_len": 514}
 ALBERT_STYLE: dict[str, Any] = {**BERT_STYLE, "family": "albert", "activation": "gelu_tanh", "embedding_dim": 128,
                                  "share_layers": 1, "dropout": 0.0, "attention_dropout": 0.0, "vocab_size": 30000}
 ELECTRA_STYLE: dict[str, Any] = {**BERT_STYLE, "family": "electra", "pooler": False, "nsp_head": False,
-                                  "mlm_head": False, "rtd_head": True}
+                                  "mlm_head": False, "rtd_head": True, "classifier": "dense"}
 T5_STYLE: dict[str, Any] = dict(
     family="t5", stack="encoder-decoder", position="relative_buckets", attention_scale=1.0, norm="rmsnorm",
     norm_eps=1e-6, norm_position="pre", attention_bias=False, mlp_bias=False, activation="relu", gated=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..model_config import ModelConfig
-from .bert import _dense, encoder_config_from_hf, encoder_config_to_hf, encoder_rules
+from .bert import _dense, classifier_rules, encoder_config_from_hf, encoder_config_to_hf, encoder_rules
 from .spec import Family, Rule
 
 
@@ -14,17 +14,20 @@ def rules(config: ModelConfig) -> list[Rule]:
     if config.mlm_head:
         out += [*_dense("mlm_head.dense", "lm_head.dense"), *_dense("mlm_head.norm", "lm_head.layer_norm"),
                 Rule("mlm_head.decoder.weight", ("lm_head.decoder.weight",)), Rule("mlm_head.bias", ("lm_head.bias",))]
-    return out
+    return out + classifier_rules(config)
 
 
 def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]:
     values = encoder_config_from_hf(hf, weight_names, "roberta")
-    values.update(padding_positions=True, pad_token_id=hf.get("pad_token_id", 1), nsp_head=False,
+    values.update(classifier="dense", classifier_activation="tanh",
+                  padding_positions=True, pad_token_id=hf.get("pad_token_id", 1), nsp_head=False,
                   mlm_head=any(n.startswith("lm_head.") for n in weight_names))
     return values
 
 
 def architecture(c: ModelConfig) -> str:
+    if c.n_labels:
+        return "RobertaForSequenceClassification"
     return "RobertaForMaskedLM" if c.mlm_head else "RobertaModel"
 
 

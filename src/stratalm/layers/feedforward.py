@@ -14,6 +14,7 @@ def activation_fn(name: str):
         "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
         "relu": F.relu,
         "silu": F.silu,
+        "tanh": torch.tanh,
     }[name]
 
 

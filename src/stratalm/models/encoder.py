@@ -7,14 +7,15 @@ import torch
 from torch import nn
 
 from ..model_config import ModelConfig
-from .heads import MaskedLMHead, Pooler, ReplacedTokenHead
+from .heads import ClassificationHead, MaskedLMHead, Pooler, ReplacedTokenHead
 from .output import ModelOutput
 from .stack import TransformerStack, init_weights
 
 
 class EncoderModel(nn.Module):
-    """`logits` are the MLM head's (B, T, V), else the replaced-token head's (B, T), else the last
-    hidden states; `pooled` and `nsp_logits` are filled when the config has those heads."""
+    """`logits` are the classifier's (B, n_labels), else the MLM head's (B, T, V), else the
+    replaced-token head's (B, T), else the last hidden states; `pooled` and `nsp_logits` are
+    filled when the config has those heads."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -24,6 +25,7 @@ class EncoderModel(nn.Module):
         self.pooler = Pooler(config) if config.pooler else None
         self.nsp_head = nn.Linear(config.d_model, 2) if config.nsp_head else None
         self.rtd_head = ReplacedTokenHead(config) if config.rtd_head else None
+        self.classifier = ClassificationHead(config) if config.n_labels else None
         init_weights(self, config)
         if self.mlm_head is not None and config.tie_embeddings:
             self.mlm_head.decoder.weight = self.stack.tok_embed.weight
@@ -42,7 +44,9 @@ class EncoderModel(nn.Module):
             input_ids, attention_mask, position_ids, None, output_hidden_states, output_attentions, token_type_ids
         )
         pooled = self.pooler(x) if self.pooler is not None else None
-        if self.mlm_head is not None:
+        if self.classifier is not None:
+            logits = self.classifier(x, pooled)
+        elif self.mlm_head is not None:
             logits = self.mlm_head(x)
         elif self.rtd_head is not None:
             logits = self.rtd_head(x)

@@ -1,7 +1,10 @@
 """Heads that sit on an encoder's hidden states."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..layers import make_norm
@@ -50,3 +53,21 @@ class ReplacedTokenHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out(self.act(self.dense(hidden))).squeeze(-1)  # (B, T)
+
+
+class ClassificationHead(nn.Module):
+    """Sequence classification from the first token: `dense -> activation -> out` (RoBERTa,
+    ELECTRA), or just `out` on the pooler's vector (BERT, ALBERT; the pooler already has its dense)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model) if config.classifier == "dense" else None
+        self.act = activation_fn(config.classifier_activation or config.activation)
+        self.out = nn.Linear(config.d_model, config.n_labels)
+        self.dropout = config.dropout
+
+    def forward(self, hidden: torch.Tensor, pooled: Optional[torch.Tensor]) -> torch.Tensor:
+        drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
+        if self.dense is None:
+            return self.out(drop(pooled))  # (B, n_labels)
+        return self.out(drop(self.act(self.dense(drop(hidden[:, 0])))))
