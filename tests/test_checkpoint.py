@@ -110,3 +110,17 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
     stratalm.save(model, str(tmp_path / "ckpt"))
     with pytest.raises(CheckpointError, match="tokenizer .* has 102 tokens but the model's vocabulary has 40"):
         stratalm.load(str(tmp_path / "ckpt"))
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta", "albert", "electra", "electra-generator", "t5", "llama-tiny"])
+def test_every_family_round_trips_through_the_stratalm_format(tmp_path, name):
+    from stratalm.models import build_model
+
+    model = build_model(preset(name, vocab_size=64, max_seq_len=32, n_layers=2, dropout=0.0, attention_dropout=0.0)).eval()
+    stratalm.save(model, str(tmp_path / name))
+    again = stratalm.load(str(tmp_path / name))
+    assert type(again) is type(model) and again.config == model.config
+    ids = torch.randint(2, 64, (2, 12))
+    extra = {"decoder_input_ids": ids[:, :7]} if model.config.stack == "encoder-decoder" else {}
+    with torch.no_grad():
+        assert torch.equal(model(ids, **extra).logits, again(ids, **extra).logits)
