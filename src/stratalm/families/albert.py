@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..model_config import ModelConfig
-from .bert import _dense, classifier_rules, encoder_config_from_hf, encoder_config_to_hf
+from .bert import _dense, classifier_rules, encoder_architecture, encoder_config_from_hf, encoder_config_to_hf
 from .spec import Family, Rule
 
 
@@ -55,14 +55,6 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
             "inner_group_num": 1}
 
 
-def architecture(c: ModelConfig) -> str:
-    if c.n_labels:
-        return "AlbertForSequenceClassification"
-    if c.mlm_head and c.nsp_head:
-        return "AlbertForPreTraining"
-    return "AlbertForMaskedLM" if c.mlm_head else "AlbertModel"
-
-
-ALBERT = Family("albert", "albert", architecture, rules, config_from_hf, config_to_hf,
+ALBERT = Family("albert", "albert", encoder_architecture("Albert"), rules, config_from_hf, config_to_hf,
                 ignore=(".position_ids", "predictions.decoder.bias"), hf_prefixes=("albert.",),
                 base_architecture="AlbertModel")

@@ -97,14 +97,20 @@ def encoder_config_to_hf(c: ModelConfig) -> dict[str, Any]:
     )
 
 
-def architecture(c: ModelConfig) -> str:
-    if c.n_labels:
-        return "BertForSequenceClassification"
-    if c.mlm_head and c.nsp_head:
-        return "BertForPreTraining"
-    return "BertForMaskedLM" if c.mlm_head else "BertModel"
+def encoder_architecture(prefix: str):
+    """The transformers class of a BERT-style encoder, named by its heads: a classifier, the
+    pretraining heads (MLM + pair head, or ELECTRA's replaced-token head), an MLM head, or none."""
+
+    def architecture(c: ModelConfig) -> str:
+        if c.n_labels:
+            return f"{prefix}ForSequenceClassification"
+        if (c.mlm_head and c.nsp_head) or c.rtd_head:
+            return f"{prefix}ForPreTraining"
+        return f"{prefix}ForMaskedLM" if c.mlm_head else f"{prefix}Model"
+
+    return architecture
 
 
-BERT = Family("bert", "bert", architecture, rules, config_from_hf, encoder_config_to_hf,
+BERT = Family("bert", "bert", encoder_architecture("Bert"), rules, config_from_hf, encoder_config_to_hf,
               ignore=("cls.predictions.decoder.bias", ".position_ids"), hf_prefixes=("bert.",),
               base_architecture="BertModel")

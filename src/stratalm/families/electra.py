@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..model_config import ModelConfig
-from .bert import _dense, classifier_rules, encoder_config_from_hf, encoder_config_to_hf, encoder_rules
+from .bert import (
+    _dense, classifier_rules, encoder_architecture, encoder_config_from_hf, encoder_config_to_hf, encoder_rules,
+)
 from .spec import Family, Rule
 
 
@@ -40,13 +42,5 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     return {**encoder_config_to_hf(c), "embedding_size": c.embed_width}
 
 
-def architecture(c: ModelConfig) -> str:
-    if c.n_labels:
-        return "ElectraForSequenceClassification"
-    if c.rtd_head:
-        return "ElectraForPreTraining"
-    return "ElectraForMaskedLM" if c.mlm_head else "ElectraModel"
-
-
-ELECTRA = Family("electra", "electra", architecture, rules, config_from_hf, config_to_hf,
+ELECTRA = Family("electra", "electra", encoder_architecture("Electra"), rules, config_from_hf, config_to_hf,
                  ignore=(".position_ids",), hf_prefixes=("electra.",), base_architecture="ElectraModel")

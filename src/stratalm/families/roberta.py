@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..model_config import ModelConfig
-from .bert import _dense, classifier_rules, encoder_config_from_hf, encoder_config_to_hf, encoder_rules
+from .bert import (
+    _dense, classifier_rules, encoder_architecture, encoder_config_from_hf, encoder_config_to_hf, encoder_rules,
+)
 from .spec import Family, Rule
 
 
@@ -25,12 +27,6 @@ def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]
     return values
 
 
-def architecture(c: ModelConfig) -> str:
-    if c.n_labels:
-        return "RobertaForSequenceClassification"
-    return "RobertaForMaskedLM" if c.mlm_head else "RobertaModel"
-
-
-ROBERTA = Family("roberta", "roberta", architecture, rules, config_from_hf, encoder_config_to_hf,
+ROBERTA = Family("roberta", "roberta", encoder_architecture("Roberta"), rules, config_from_hf, encoder_config_to_hf,
                  ignore=("lm_head.decoder.bias", ".position_ids"), hf_prefixes=("roberta.",),
                  base_architecture="RobertaModel")

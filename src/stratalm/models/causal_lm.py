@@ -8,7 +8,7 @@ from torch import nn
 
 from ..layers import KVCache
 from ..model_config import ModelConfig
-from .output import ModelOutput
+from .output import ModelOutput, parameter_counts
 from .stack import TransformerStack, init_weights
 
 
@@ -45,10 +45,4 @@ class CausalLM(nn.Module):
         return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, param.dtype, param.device)
 
     def parameter_counts(self) -> dict[str, int]:
-        """Unique parameters (a tied head counts once), split into embeddings and the rest."""
-        unique = {id(p): p for p in self.parameters()}
-        total = sum(p.numel() for p in unique.values())
-        embedding = self.stack.tok_embed.weight.numel()
-        if self.stack.positions is not None and isinstance(self.stack.positions.weight, nn.Parameter):
-            embedding += self.stack.positions.weight.numel()
-        return {"total": total, "embeddings": embedding, "non_embedding": total - embedding}
+        return parameter_counts(self)

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..model_config import ModelConfig
 from .heads import ClassificationHead, MaskedLMHead, Pooler, ReplacedTokenHead
-from .output import ModelOutput
+from .output import ModelOutput, parameter_counts
 from .stack import TransformerStack, init_weights
 
 
@@ -59,8 +59,4 @@ class EncoderModel(nn.Module):
         )
 
     def parameter_counts(self) -> dict[str, int]:
-        unique = {id(p): p for p in self.parameters()}
-        total = sum(p.numel() for p in unique.values())
-        embedding = sum(p.numel() for n, p in self.stack.named_parameters()
-                        if n.startswith(("tok_embed", "positions", "token_types")))
-        return {"total": total, "embeddings": embedding, "non_embedding": total - embedding}
+        return parameter_counts(self)

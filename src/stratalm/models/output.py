@@ -17,3 +17,15 @@ class ModelOutput:
     nsp_logits: Optional[torch.Tensor] = None  # (B, 2): is-next / in-order logits
     encoder_last_hidden_state: Optional[torch.Tensor] = None  # encoder-decoder: the encoder's output
     encoder_hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # encoder-decoder, when asked
+
+
+EMBEDDING_PARTS = ("tok_embed.", "positions.", "token_types.")
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Unique parameters (a tied or shared tensor counts once), split into the embedding tables
+    and the rest."""
+    unique = dict(model.named_parameters())  # named_parameters already skips repeated tensors
+    total = sum(p.numel() for p in unique.values())
+    embedding = sum(p.numel() for n, p in unique.items() if any(part in n for part in EMBEDDING_PARTS))
+    return {"total": total, "embeddings": embedding, "non_embedding": total - embedding}

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..layers import KVCache
 from ..model_config import ModelConfig
-from .output import ModelOutput
+from .output import ModelOutput, parameter_counts
 from .stack import TransformerStack, init_weights
 
 
@@ -73,7 +73,4 @@ class EncoderDecoderModel(nn.Module):
         return KVCache(self.decoder_config, batch_size, max_len or self.config.max_seq_len, param.dtype, param.device)
 
     def parameter_counts(self) -> dict[str, int]:
-        unique = {id(p): p for p in self.parameters()}
-        total = sum(p.numel() for p in unique.values())
-        embedding = self.encoder.tok_embed.weight.numel()
-        return {"total": total, "embeddings": embedding, "non_embedding": total - embedding}
+        return parameter_counts(self)
