@@ -2,17 +2,22 @@
 and the model's output into a loss and metrics."""
 from __future__ import annotations
 
+from typing import Any, Optional
+
 from ..errors import ConfigError
+from ..tokenize import Tokenizer
 from .base import Objective
 from .clm import CausalLMObjective
+from .mlm import MaskedLMObjective, Masker, MaskingConfig
 
-OBJECTIVES: dict[str, type[Objective]] = {"clm": CausalLMObjective}
+OBJECTIVES: dict[str, type[Objective]] = {"clm": CausalLMObjective, "mlm": MaskedLMObjective}
 
 
-def get_objective(name: str) -> Objective:
+def get_objective(name: str, tokenizer: Optional[Tokenizer] = None, options: Optional[Any] = None) -> Objective:
+    """The objective called `name`, with its options (e.g. the run's `mlm` section)."""
     if name not in OBJECTIVES:
         raise ConfigError(f"unknown objective '{name}'; choose one of: {', '.join(OBJECTIVES)}.")
-    return OBJECTIVES[name]()
+    return OBJECTIVES[name](tokenizer, options)
 
 
-__all__ = ["Objective", "CausalLMObjective", "OBJECTIVES", "get_objective"]
+__all__ = ["Objective", "CausalLMObjective", "MaskedLMObjective", "Masker", "MaskingConfig", "OBJECTIVES", "get_objective"]

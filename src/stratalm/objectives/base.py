@@ -12,9 +12,12 @@ from ..models import ModelOutput
 
 class Objective(ABC):
     name = "base"
-    # How many tokens beyond the model's context one example reads from the stream
-    # (a causal LM reads one more, because the last input still needs its next token).
+    # How many tokens beyond the model's context one example reads from the stream: a causal LM
+    # reads one more (the last input still needs its next token); MLM reads two fewer (it adds
+    # [CLS] and [SEP] around them).
     extra_tokens = 0
+    # Tokens shared by consecutive evaluation windows, so that every token is scored once.
+    overlap = 0
 
     def check(self, config: ModelConfig, data: Any) -> None:
         """Raise a ConfigError at start when this model or corpus cannot carry the objective."""

@@ -13,6 +13,10 @@ from .base import Objective
 class CausalLMObjective(Objective):
     name = "clm"
     extra_tokens = 1
+    overlap = 1
+
+    def __init__(self, tokenizer=None, options=None) -> None:
+        pass
 
     def check(self, config: ModelConfig, data) -> None:
         if config.stack != "decoder":

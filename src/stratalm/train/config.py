@@ -14,6 +14,7 @@ import yaml
 from ..config_fields import describe, load_yaml, merge_nested, setting, update_dataclass
 from ..errors import ConfigError
 from ..model_config import ModelConfig
+from ..objectives.mlm import MaskingConfig
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RunConfig:
     objective: str = setting("clm", "pretraining objective")
     model: dict = setting({}, "model.preset (a preset name or checkpoint folder) and ModelConfig fields to override")
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+    mlm: MaskingConfig = field(default_factory=MaskingConfig, metadata={"help": "masking recipe of the mlm objective"})
 
     @property
     def model_source(self) -> str:

@@ -71,7 +71,7 @@ class Trainer:
                           (self.dist.rank + 1) * self.micro_batch // self.dist.world_size)
 
         self.data = TokenData(run.data)
-        self.objective = get_objective(run.objective)
+        self.objective = get_objective(run.objective, self.data.tokenizer(), run.mlm)
         torch.manual_seed(self.cfg.seed)  # the initial weights depend on the seed only
         self.model = build_model(run, self.data).to(self.device)
         self.objective.check(self.model.config, self.data)
@@ -163,24 +163,28 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Mean loss over every predicted token of the validation split (or eval_windows of it)."""
         self.forward_model.eval()
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, token count
+        names: list[str] = []
+        totals = torch.zeros(8, dtype=torch.float64, device=self.device)  # count, then each metric's weighted sum
         rng = torch.Generator().manual_seed(0)  # the same masks at every evaluation
-        stride = self.model.config.max_seq_len if self.objective.extra_tokens else self.window
+        stride = self.window - self.objective.overlap
         for windows in sequential_windows(self.data, "validation", self.window, stride, self.cfg.eval_batch_size,
                                           self.cfg.eval_windows or None, self.dist.rank, self.dist.world_size):
             inputs, targets = self.objective.prepare(windows, rng)
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             targets = {k: v.to(self.device) for k, v in targets.items()}
             with self.autocast():
-                loss, _ = self.objective.loss(self.model(**inputs), targets)
-            count = int((targets["labels"] != -100).sum())
-            totals += torch.tensor([float(loss) * count, count], dtype=torch.float64, device=self.device)
+                _, metrics = self.objective.loss(self.model(**inputs), targets)
+            names = sorted(metrics)[:7]
+            count = int((targets["labels"] != -100).sum())  # metrics are means over the scored tokens
+            totals[0] += count
+            totals[1:1 + len(names)] += torch.tensor([float(metrics[n]) * count for n in names], dtype=torch.float64)
         totals = self.dist.sum(totals)
         self.forward_model.train()
-        if totals[1] == 0:
+        if totals[0] == 0:
             return {}
-        val_loss = float(totals[0] / totals[1])
-        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
+        scores = {f"val_{name}": float(totals[1 + i] / totals[0]) for i, name in enumerate(names)}
+        scores["val_perplexity"] = math.exp(min(scores["val_loss"], 50.0))
+        return scores
 
     def fit(self) -> dict[str, float]:
         cfg, out = self.cfg, self.run.out
