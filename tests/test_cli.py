@@ -89,3 +89,11 @@ def test_a_data_set_whose_tokenizer_exceeds_the_starting_checkpoint_is_refused(t
     prepare([str(tmp_path / "zh.txt")], str(tmp_path / "zh"), tokenizer="char", progress=False)
     assert_clean_error(run_cli("pretrain", "--data", tmp_path / "zh", "--out", tmp_path / "r", "--model", trained),
                        "tokenizer", "vocabulary")
+
+
+def test_plot_draws_the_curves_of_a_run(tmp_path, trained):
+    pytest.importorskip("matplotlib")
+    result = run_cli("plot", trained, "--out", tmp_path / "curves.png")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_clean_error(run_cli("plot", tmp_path), "no metrics.jsonl")

@@ -79,6 +79,12 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.dst} ({target} format, {model.config.family})")
 
 
+def _plot(args: argparse.Namespace) -> None:
+    from .plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -138,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["hf", "stratalm"], help="target format (default: the other one)")
     p.add_argument("--overwrite", action="store_true", help="replace files in an existing output folder")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("plot", help="draw a run's loss and metric curves to a PNG")
+    p.add_argument("run_dir", help="a training run's --out folder")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    p.set_defaults(func=_plot)
 
     p = sub.add_parser("demo", help="prepare the built-in corpus, train a small GPT for about two minutes, sample")
     p.add_argument("--out", default="runs/demo", help="folder for the demo's data and model")

@@ -1,0 +1,65 @@
+"""`stratalm plot RUN_DIR`: the curves of a run's metrics.jsonl, drawn to a PNG with matplotlib.
+
+Left: training loss and validation loss against the step. Right: every other validation metric
+the objective reported (masked-token accuracy, ...), if any. matplotlib is an optional extra.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from .errors import ConfigError, DataError
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise DataError(f"'{run_dir}' has no metrics.jsonl; give the --out folder of a training run.")
+    records = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+    if not records:
+        raise DataError(f"'{path}' holds no metrics yet.")
+    return records
+
+
+def plot_run(run_dir: str, out: Optional[str] = None) -> str:
+    """Draw the run's curves; returns the PNG's path (default RUN_DIR/curves.png)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib: pip install 'stratalm[plot]'.") from None
+    records = read_metrics(run_dir)
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    extra = sorted({k for r in val for k in r if k.startswith("val_") and k not in ("val_loss", "val_perplexity")})
+    fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(11 if extra else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss", lw=1)
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if extra:
+        ax = axes[0][1]
+        for key in extra:
+            ax.plot([r["step"] for r in val if key in r], [r[key] for r in val if key in r], "o-", label=key)
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(os.path.basename(os.path.abspath(run_dir)))
+    fig.tight_layout()
+    out = out or os.path.join(run_dir, "curves.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
