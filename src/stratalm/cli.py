@@ -14,7 +14,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
     manifest = prepare(args.inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                        val_fraction=args.val_fraction, text_field=args.text_field, overwrite=args.overwrite,
-                       progress=not args.quiet)
+                       progress=not args.quiet, sentinels=args.sentinels)
     train, val = manifest["splits"]["train"], manifest["splits"]["validation"]
     print(f"wrote {args.out}: {manifest['n_tokens']:,} tokens ({manifest['dtype']}) in {manifest['n_documents']:,} "
           f"documents, vocabulary {manifest['vocab_size']:,}; train {train[1] - train[0]:,}, validation {val[1] - val[0]:,} tokens")
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (default 8192)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the tokens kept for validation")
     p.add_argument("--text-field", default="text", help="JSONL field that holds the text")
+    p.add_argument("--sentinels", type=int, default=0, help="add N sentinel tokens <extra_id_0..N-1> (T5 span corruption)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare)

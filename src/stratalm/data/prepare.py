@@ -111,6 +111,7 @@ def prepare(
     shard_tokens: int = 100_000_000,
     overwrite: bool = False,
     progress: bool = True,
+    sentinels: int = 0,
 ) -> dict:
     """Tokenize `inputs` into `out`; returns the manifest. The folder appears only when complete."""
     files = list_input_files(inputs)
@@ -122,6 +123,8 @@ def prepare(
         raise DataError(f"the input is empty ({', '.join(files[:3])}); give files that hold text.")
 
     tok = _build_tokenizer(tokenizer, files, vocab_size, text_field, progress)
+    if sentinels:  # T5's span-corruption markers, after every other token so no id moves
+        tok.backend.add_special_tokens([f"<extra_id_{i}>" for i in range(sentinels)])
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)

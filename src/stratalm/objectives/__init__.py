@@ -9,8 +9,11 @@ from ..tokenize import Tokenizer
 from .base import Objective
 from .clm import CausalLMObjective
 from .mlm import MaskedLMObjective, Masker, MaskingConfig
+from .span import SpanCorruptionObjective
 
-OBJECTIVES: dict[str, type[Objective]] = {"clm": CausalLMObjective, "mlm": MaskedLMObjective}
+OBJECTIVES: dict[str, type[Objective]] = {
+    "clm": CausalLMObjective, "mlm": MaskedLMObjective, "span": SpanCorruptionObjective,
+}
 
 
 def get_objective(name: str, tokenizer: Optional[Tokenizer] = None, options: Optional[Any] = None) -> Objective:
@@ -20,4 +23,4 @@ def get_objective(name: str, tokenizer: Optional[Tokenizer] = None, options: Opt
     return OBJECTIVES[name](tokenizer, options)
 
 
-__all__ = ["Objective", "CausalLMObjective", "MaskedLMObjective", "Masker", "MaskingConfig", "OBJECTIVES", "get_objective"]
+__all__ = ["Objective", "CausalLMObjective", "MaskedLMObjective", "Masker", "MaskingConfig", "SpanCorruptionObjective", "OBJECTIVES", "get_objective"]
