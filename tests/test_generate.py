@@ -85,3 +85,12 @@ def test_streamed_pieces_add_up_to_the_returned_text(model):
     pieces = []
     text = stratalm.generate(model, "abc", max_new_tokens=15, temperature=0.9, seed=1, on_text=pieces.append)
     assert "".join(pieces) == text and len(text) > 0
+
+
+def test_generate_refuses_models_that_do_not_continue_text():
+    from stratalm.errors import StratalmError
+    from stratalm.models import build_model
+
+    encoder = build_model(preset("bert", vocab_size=60, n_layers=1))
+    with pytest.raises(StratalmError, match="decoder model; this is a bert encoder model"):
+        stratalm.generate(encoder, "abc")

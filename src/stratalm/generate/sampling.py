@@ -88,6 +88,10 @@ def generate(
 ) -> str:
     """Continue `prompt` and return the new text (not the prompt). `on_text` receives the text as
     it is produced, piece by piece; greedy when temperature is 0; stops at the end-of-text token."""
+    if model.config.stack != "decoder":
+        raise StratalmError(
+            f"generate continues text with a decoder model; this is a {model.config.family} {model.config.stack} model."
+        )
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise StratalmError("this model has no tokenizer; load it from a checkpoint folder that holds tokenizer.json.")
