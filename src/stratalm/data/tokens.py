@@ -78,11 +78,10 @@ class RandomWindows:
             )
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next_batch(self, batch_size: int, rows: slice = slice(None)) -> torch.Tensor:
-        """Draw `batch_size` windows and return the `rows` of them this process trains on (every
-        process draws the same offsets, so together they see exactly one global batch)."""
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """Draw `batch_size` windows (every process draws the same ones from the same state)."""
         offsets = torch.randint(self.start, self.end - self.window + 1, (batch_size,), generator=self.generator)
-        rows = [self.data.read(int(o), self.window) for o in offsets[rows]]
+        rows = [self.data.read(int(o), self.window) for o in offsets]
         return torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, window)
 
 

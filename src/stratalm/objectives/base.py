@@ -18,6 +18,8 @@ class Objective(ABC):
     extra_tokens = 0
     # Tokens shared by consecutive evaluation windows, so that every token is scored once.
     overlap = 0
+    # The encoder heads this objective trains; the trainer freezes the others.
+    heads: tuple[str, ...] = ()
 
     def check(self, config: ModelConfig, data: Any) -> None:
         """Raise a ConfigError at start when this model or corpus cannot carry the objective."""

@@ -115,6 +115,7 @@ class Masker:
 class MaskedLMObjective(Objective):
     name = "mlm"
     extra_tokens = -2  # each window is wrapped as [CLS] window [SEP]
+    heads = ("mlm_head",)
 
     def __init__(self, tokenizer: Tokenizer, options: Optional[MaskingConfig] = None) -> None:
         self.masker = Masker(tokenizer, options or MaskingConfig())

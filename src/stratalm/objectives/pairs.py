@@ -39,6 +39,7 @@ class SentenceOrderObjective(Objective):
     def __init__(self, tokenizer: Tokenizer, options: Optional[MaskingConfig] = None, with_mlm: bool = False) -> None:
         self.tokenizer = tokenizer
         self.masker = Masker(tokenizer, options or MaskingConfig()) if with_mlm else None
+        self.heads = ("pooler", "nsp_head", "mlm_head") if with_mlm else ("pooler", "nsp_head")
         for role in ("cls", "sep", "pad"):
             if getattr(tokenizer, f"{role}_id") is None:
                 raise ConfigError(f"sentence-order prediction needs a {role} token, and this tokenizer has none.")

@@ -51,6 +51,23 @@ def build_model(run: RunConfig, data: TokenData) -> torch.nn.Module:
     return model
 
 
+ENCODER_HEADS = ("mlm_head", "pooler", "nsp_head", "rtd_head", "classifier")
+
+
+def freeze_unused_heads(model: torch.nn.Module, used: tuple[str, ...]) -> None:
+    """Heads the objective does not train (mlm leaves BERT's pooler and next-sentence head idle)
+    keep their weights and get no gradient, so the optimizer and DDP leave them alone. A tensor
+    tied to a trained part (the MLM decoder is the embedding) stays trainable."""
+    trained = {id(p) for name, module in model.named_children() if name not in ENCODER_HEADS or name in used
+               for p in module.parameters()}
+    for name in ENCODER_HEADS:
+        module = getattr(model, name, None)
+        if module is not None and name not in used:
+            for param in module.parameters():
+                if id(param) not in trained:
+                    param.requires_grad_(False)
+
+
 class Trainer:
     def __init__(self, run: RunConfig, resume: bool = False, overwrite: bool = False) -> None:
         if not run.data or not run.out:
@@ -79,6 +96,7 @@ class Trainer:
         self.sampler = RandomWindows(self.data, "train", self.window, self.cfg.seed + 1)
         self.objective_rng = torch.Generator().manual_seed(self.cfg.seed + 2)
         torch.manual_seed(self.cfg.seed + 3 + self.dist.rank)  # dropout differs between processes
+        freeze_unused_heads(self.model, self.objective.heads)
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
 
         model_dict = self.model.config.to_dict()
@@ -141,15 +159,18 @@ class Trainer:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
-            windows = self.sampler.next_batch(self.micro_batch, self.rows)
-            inputs, targets = self.objective.prepare(windows, self.objective_rng)
-            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-            targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+            # Every process prepares the whole micro-batch (masks, pairs, spans) and keeps its rows, so
+            # N processes see exactly the examples one process would.
+            inputs, targets = self.objective.prepare(self.sampler.next_batch(self.micro_batch), self.objective_rng)
+            share = self._share_of_scored(targets["labels"])
+            inputs = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in inputs.items()}
+            targets = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in targets.items()}
             last = micro == self.cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward_model.no_sync()
             with sync:
                 with self.autocast():
                     loss, _ = self.objective.loss(self.forward_model(**inputs), targets)
+                    loss = loss * share
                 (loss / self.cfg.grad_accum).backward()
             total += loss.detach()
         if self.cfg.grad_clip > 0:
@@ -158,6 +179,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return self.dist.mean(total / self.cfg.grad_accum)
+
+    def _share_of_scored(self, labels: torch.Tensor) -> float:
+        """world x (this process's scored targets) / (all scored targets). A loss that is a mean
+        over this process's targets, scaled by it, averages over processes into the mean over all
+        targets, even when masking scores a different number of tokens in each process's rows."""
+        if not self.dist.enabled:
+            return 1.0
+        scored = labels != -100
+        total = int(scored.sum())
+        return self.dist.world_size * int(scored[self.rows].sum()) / total if total else 1.0
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
