@@ -8,7 +8,7 @@ from conftest import pydoc_texts
 from stratalm.errors import ConfigError
 from stratalm.families import preset
 from stratalm.objectives import get_objective
-from stratalm.objectives.pairs import longest_piece
+from stratalm.objectives.pairs import first_piece, longest_piece
 from stratalm.tokenize import train_bpe
 
 
@@ -62,3 +62,52 @@ def test_sop_refuses_models_without_a_pair_head(tokenizer):
     with pytest.raises(ConfigError, match="MLM head"):
         get_objective("mlm+sop", tokenizer).check(preset("bert", mlm_head=False), None)
     get_objective("mlm+sop", tokenizer).check(preset("albert"), None)
+
+
+def test_nsp_pairs_true_next_or_another_document(tmp_path):
+    import json
+
+    from stratalm.data import TokenData, prepare
+    from stratalm.data.tokens import RandomWindows
+
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pydoc_texts(30)))
+    prepare([str(tmp_path / "docs.jsonl")], str(tmp_path / "data"), tokenizer="bpe", vocab_size=600, progress=False)
+    data = TokenData(str(tmp_path / "data"))
+    tok = data.tokenizer()
+    objective = get_objective("nsp", tok)
+    objective.check(preset("bert"), data)
+    windows, offsets = RandomWindows(data, "train", 61, seed=0).next_batch(4000)
+    documents = data.document_of(offsets)
+    inputs, targets = objective.prepare(windows, torch.Generator().manual_seed(3), documents)
+    labels = targets["labels"]
+    assert abs(labels.float().mean().item() - 0.5) < 0.03  # about half are random next segments
+    starts = data.document_starts().astype("int64")
+    stream = data.read(0, data.manifest["n_tokens"]).tolist()
+
+    def document_of_text(segment):  # where in the corpus a segment occurs, as a document index
+        text = ",".join(map(str, segment)) + ","
+        hits = {int((starts <= i).sum()) - 1 for i in range(len(stream)) if stream[i] == segment[0]
+                and ",".join(map(str, stream[i:i + len(segment)])) + "," == text}
+        return hits
+
+    for r in range(0, 4000, 250):
+        n = int(inputs["attention_mask"][r].sum())
+        tokens = inputs["input_ids"][r, :n].tolist()
+        split = tokens.index(tok.sep_id)
+        a, b = tokens[1:split], tokens[split + 1:-1]
+        piece, later = first_piece(windows[r].tolist(), tok.eos_id)
+        assert piece[:len(a)] == a and tok.eos_id not in a + b
+        if labels[r] == 0:
+            assert piece[len(a):len(a) + len(b)] == b  # the true continuation
+        else:
+            assert int(documents[r]) + later not in document_of_text(b)  # from some other document
+
+
+def test_nsp_needs_document_boundaries(tmp_path):
+    from stratalm.data import TokenData, prepare
+
+    (tmp_path / "one.txt").write_text("\n".join(pydoc_texts(3)))
+    prepare([str(tmp_path / "one.txt")], str(tmp_path / "data"), tokenizer="char", progress=False)
+    data = TokenData(str(tmp_path / "data"))
+    with pytest.raises(ConfigError, match="only one"):
+        get_objective("nsp", data.tokenizer()).check(preset("bert"), data)

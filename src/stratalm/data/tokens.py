@@ -60,6 +60,12 @@ class TokenData:
     def document_starts(self) -> np.ndarray:
         return np.fromfile(os.path.join(self.folder, self.manifest["documents"]), dtype=np.uint64)
 
+    def document_of(self, offsets: torch.Tensor) -> torch.Tensor:
+        """The index of the document each stream offset falls in."""
+        if not hasattr(self, "_doc_starts"):
+            self._doc_starts = self.document_starts().astype(np.int64)
+        return torch.from_numpy(np.searchsorted(self._doc_starts, offsets.numpy(), side="right") - 1)
+
 
 class RandomWindows:
     """Batches of windows at uniformly random offsets of a split (nanoGPT's sampler).
@@ -78,11 +84,12 @@ class RandomWindows:
             )
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next_batch(self, batch_size: int) -> torch.Tensor:
-        """Draw `batch_size` windows (every process draws the same ones from the same state)."""
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw `batch_size` windows (every process draws the same ones from the same state);
+        returns them (B, window) with their offsets in the stream (B,)."""
         offsets = torch.randint(self.start, self.end - self.window + 1, (batch_size,), generator=self.generator)
         rows = [self.data.read(int(o), self.window) for o in offsets]
-        return torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, window)
+        return torch.from_numpy(np.stack(rows).astype(np.int64)), offsets
 
 
 def sequential_windows(
@@ -91,9 +98,11 @@ def sequential_windows(
 ) -> Iterator[torch.Tensor]:
     """Every window [s, s + window) with s stepping by `stride` over a split, in batches: with
     stride = window - 1 a causal model predicts each token of the split exactly once.
-    `part` of `parts` takes every parts-th window, so processes can share the work."""
+    `part` of `parts` takes every parts-th window, so processes can share the work. Yields
+    (windows, their offsets)."""
     start, end = data.split(split)
     offsets = list(range(start, end - window + 1, stride))[:max_windows or None][part::parts]
     for i in range(0, len(offsets), batch_size):
-        rows = [data.read(o, window) for o in offsets[i:i + batch_size]]
-        yield torch.from_numpy(np.stack(rows).astype(np.int64))
+        chosen = offsets[i:i + batch_size]
+        rows = [data.read(o, window) for o in chosen]
+        yield torch.from_numpy(np.stack(rows).astype(np.int64)), torch.tensor(chosen)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -20,13 +20,17 @@ class Objective(ABC):
     overlap = 0
     # The encoder heads this objective trains; the trainer freezes the others.
     heads: tuple[str, ...] = ()
+    # Whether prepare needs the document of each window's first token (next-sentence prediction).
+    needs_documents = False
 
     def check(self, config: ModelConfig, data: Any) -> None:
         """Raise a ConfigError at start when this model or corpus cannot carry the objective."""
 
     @abstractmethod
-    def prepare(self, windows: torch.Tensor, rng: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(B, T + extra_tokens) token ids -> (model inputs, targets). Randomness only from `rng`."""
+    def prepare(self, windows: torch.Tensor, rng: torch.Generator, documents: Optional[torch.Tensor] = None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(B, T + extra_tokens) token ids -> (model inputs, targets). Randomness only from `rng`.
+        `documents` (B,) is given when the objective asks for it (`needs_documents`)."""
 
     @abstractmethod
     def loss(self, output: ModelOutput, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

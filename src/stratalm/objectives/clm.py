@@ -25,7 +25,7 @@ class CausalLMObjective(Objective):
                 f"(its objectives, such as mlm or span, come with the objectives release)."
             )
 
-    def prepare(self, windows: torch.Tensor, rng: torch.Generator):
+    def prepare(self, windows: torch.Tensor, rng: torch.Generator, documents=None):
         return {"input_ids": windows[:, :-1]}, {"labels": windows[:, 1:]}
 
     def loss(self, output: ModelOutput, targets: dict[str, torch.Tensor]):

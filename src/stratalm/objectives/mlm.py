@@ -128,7 +128,7 @@ class MaskedLMObjective(Objective):
                 f"'{config.family}' is a {config.stack} model" + ("" if config.stack != "encoder" else " without one") + "."
             )
 
-    def prepare(self, windows: torch.Tensor, rng: torch.Generator):
+    def prepare(self, windows: torch.Tensor, rng: torch.Generator, documents=None):
         B = windows.shape[0]
         ids = torch.cat([torch.full((B, 1), self.cls_id), windows, torch.full((B, 1), self.sep_id)], dim=1)
         masked, labels = self.masker(ids, rng)

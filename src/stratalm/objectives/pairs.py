@@ -1,9 +1,13 @@
-"""Sentence-order prediction (ALBERT, Lan et al. 2020): two consecutive segments of one document,
-[CLS] A [SEP] B [SEP] with token types 0 then 1, swapped half of the time; the model tells which.
-`mlm+sop` adds BERT masking of the same inputs, and the two losses are summed.
+"""Sentence-pair tasks, as [CLS] A [SEP] B [SEP] with token types 0 then 1:
 
-A window of the token stream is cut at its end-of-document tokens, so both segments always come
-from the same document; the longest piece is split at a uniformly random point.
+- next-sentence prediction (BERT, Devlin et al. 2019): B follows A in its document half of the
+  time (label 0), and half of the time is a segment of another document (label 1);
+- sentence-order prediction (ALBERT, Lan et al. 2020): A and B are consecutive segments of one
+  document, swapped half of the time (label 1 = swapped).
+
+`mlm+nsp` / `mlm+sop` add BERT masking of the same inputs, and the two losses are summed. A window
+of the token stream is cut at its end-of-document tokens, so a pair never crosses a document
+boundary; the piece is split at a uniformly random point.
 """
 from __future__ import annotations
 
@@ -20,24 +24,38 @@ from .base import Objective
 from .mlm import Masker, MaskingConfig
 
 
-def longest_piece(row: list[int], boundary: Optional[int]) -> list[int]:
-    """The longest run of `row` between end-of-document tokens."""
-    pieces, current = [], []
+def pieces(row: list[int], boundary: Optional[int]) -> list[list[int]]:
+    """`row` cut at end-of-document tokens: the rest of the first document, then the next ones."""
+    out, current = [], []
     for token in row:
         if token == boundary:
-            pieces.append(current)
+            out.append(current)
             current = []
         else:
             current.append(token)
-    return max(pieces + [current], key=len)
+    return out + [current]
 
 
-class SentenceOrderObjective(Objective):
-    name = "sop"
+def longest_piece(row: list[int], boundary: Optional[int]) -> list[int]:
+    return max(pieces(row, boundary), key=len)
+
+
+def first_piece(row: list[int], boundary: Optional[int]) -> tuple[list[int], int]:
+    """The text of the window's first document, or of the next one when that is too short for a
+    pair; with how many documents after the window's first it lies (0 or 1)."""
+    cut = pieces(row, boundary)
+    if len(cut[0]) >= 2 or len(cut) == 1:
+        return cut[0], 0
+    return cut[1], 1
+
+
+class SentencePairObjective(Objective):
     extra_tokens = -3  # [CLS] A [SEP] B [SEP]
 
-    def __init__(self, tokenizer: Tokenizer, options: Optional[MaskingConfig] = None, with_mlm: bool = False) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, options: Optional[MaskingConfig] = None, with_mlm: bool = False,
+                 kind: str = "sop") -> None:
+        self.tokenizer, self.kind = tokenizer, kind
+        self.needs_documents = kind == "nsp"
         self.masker = Masker(tokenizer, options or MaskingConfig()) if with_mlm else None
         self.heads = ("pooler", "nsp_head", "mlm_head") if with_mlm else ("pooler", "nsp_head")
         for role in ("cls", "sep", "pad"):
@@ -45,33 +63,60 @@ class SentenceOrderObjective(Objective):
                 raise ConfigError(f"sentence-order prediction needs a {role} token, and this tokenizer has none.")
 
     def check(self, config: ModelConfig, data) -> None:
+        if self.kind == "nsp" and data is not None and data.manifest.get("n_documents", 0) < 2:
+            raise ConfigError("the nsp objective pairs segments of different documents, and this corpus has only one; "
+                              "give prepare several files or a JSONL with one document per line.")
         if config.stack != "encoder" or not config.nsp_head or (self.masker is not None and not config.mlm_head):
             needs = "a sentence-pair head" + (" and an MLM head" if self.masker is not None else "")
             raise ConfigError(f"the {self.label} objective needs an encoder with {needs} (bert, albert); "
                               f"'{config.family}' ({config.stack}) has not.")
 
     @property
-    def label(self) -> str:
-        return "mlm+sop" if self.masker is not None else "sop"
+    def name(self) -> str:  # type: ignore[override]
+        return ("mlm+" if self.masker is not None else "") + self.kind
 
-    def prepare(self, windows: torch.Tensor, rng: torch.Generator):
+    label = name
+
+    def pair(self, r: int, rows: list[list[int]], documents: Optional[torch.Tensor], flip: bool,
+             rng: torch.Generator) -> tuple[list[int], list[int], int]:
+        """Segments A and B of row r, and the label."""
+        eos = self.tokenizer.eos_id
+        if self.kind == "sop":
+            piece = longest_piece(rows[r], eos)
+        else:
+            piece, _ = first_piece(rows[r], eos)
+        if len(piece) < 2:
+            piece = rows[r][:2]  # a window of end-of-document tokens only: degenerate but valid
+        cut = int(torch.randint(1, len(piece), (1,), generator=rng))
+        first, second = piece[:cut], piece[cut:]
+        if self.kind == "sop":
+            return (second, first, 1) if flip else (first, second, 0)
+        if not flip:
+            return first, second, 0
+        # B from another document: a row whose first document differs from this row's
+        own = int(documents[r]) + first_piece(rows[r], eos)[1]
+        others = [j for j in range(len(rows)) if int(documents[j]) + first_piece(rows[j], eos)[1] != own]
+        if not others:
+            return first, second, 0  # every row of the batch is one document: keep the true next
+        other, _ = first_piece(rows[others[int(torch.randint(len(others), (1,), generator=rng))]], eos)
+        return first, (other or rows[others[0]])[:len(second)], 1
+
+    def prepare(self, windows: torch.Tensor, rng: torch.Generator, documents=None):
         tok = self.tokenizer
         B, W = windows.shape
         ids = torch.full((B, W + 3), tok.pad_id)
         types = torch.zeros((B, W + 3), dtype=torch.long)
         mask = torch.zeros((B, W + 3), dtype=torch.long)
-        swapped = torch.rand(B, generator=rng) < 0.5
-        for r, row in enumerate(windows.tolist()):
-            piece = longest_piece(row, tok.eos_id)
-            if len(piece) < 2:
-                piece = row[:2]  # a window of end-of-document tokens only: degenerate but valid
-            cut = int(torch.randint(1, len(piece), (1,), generator=rng))
-            first, second = (piece[cut:], piece[:cut]) if swapped[r] else (piece[:cut], piece[cut:])
+        flips = (torch.rand(B, generator=rng) < 0.5).tolist()
+        rows = windows.tolist()
+        labels = torch.zeros(B, dtype=torch.long)
+        for r in range(B):
+            first, second, labels[r] = self.pair(r, rows, documents, flips[r], rng)
             tokens = [tok.cls_id, *first, tok.sep_id, *second, tok.sep_id]
             ids[r, :len(tokens)] = torch.tensor(tokens)
             types[r, len(first) + 2:len(tokens)] = 1
             mask[r, :len(tokens)] = 1
-        targets = {"labels": swapped.long()}
+        targets = {"labels": labels}
         if self.masker is not None:
             ids, targets["mlm_labels"] = self.masker(ids, rng)
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}, targets

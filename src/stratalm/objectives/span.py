@@ -77,7 +77,7 @@ class SpanCorruptionObjective(Objective):
             at += dropped
         return source, target + [self.eos_id]
 
-    def prepare(self, windows: torch.Tensor, rng: torch.Generator):
+    def prepare(self, windows: torch.Tensor, rng: torch.Generator, documents=None):
         pairs = [self.corrupt(row, rng) for row in windows.tolist()]
         inputs = torch.tensor([p[0] for p in pairs])
         labels = torch.tensor([p[1] for p in pairs])

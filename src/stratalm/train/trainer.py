@@ -161,7 +161,8 @@ class Trainer:
         for micro in range(self.cfg.grad_accum):
             # Every process prepares the whole micro-batch (masks, pairs, spans) and keeps its rows, so
             # N processes see exactly the examples one process would.
-            inputs, targets = self.objective.prepare(self.sampler.next_batch(self.micro_batch), self.objective_rng)
+            windows, offsets = self.sampler.next_batch(self.micro_batch)
+            inputs, targets = self.objective.prepare(windows, self.objective_rng, self._documents(offsets))
             share = self._share_of_scored(targets["labels"])
             inputs = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in inputs.items()}
             targets = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in targets.items()}
@@ -179,6 +180,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return self.dist.mean(total / self.cfg.grad_accum)
+
+    def _documents(self, offsets: torch.Tensor) -> Optional[torch.Tensor]:
+        """The document of each window's first token, for objectives that pair segments across documents."""
+        return self.data.document_of(offsets) if self.objective.needs_documents else None
 
     def _share_of_scored(self, labels: torch.Tensor) -> float:
         """world x (this process's scored targets) / (all scored targets). A loss that is a mean
@@ -198,9 +203,9 @@ class Trainer:
         totals = torch.zeros(8, dtype=torch.float64, device=self.device)  # count, then each metric's weighted sum
         rng = torch.Generator().manual_seed(0)  # the same masks at every evaluation
         stride = self.window - self.objective.overlap
-        for windows in sequential_windows(self.data, "validation", self.window, stride, self.cfg.eval_batch_size,
-                                          self.cfg.eval_windows or None, self.dist.rank, self.dist.world_size):
-            inputs, targets = self.objective.prepare(windows, rng)
+        for windows, offsets in sequential_windows(self.data, "validation", self.window, stride, self.cfg.eval_batch_size,
+                                                   self.cfg.eval_windows or None, self.dist.rank, self.dist.world_size):
+            inputs, targets = self.objective.prepare(windows, rng, self._documents(offsets))
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             targets = {k: v.to(self.device) for k, v in targets.items()}
             with self.autocast():
