@@ -125,9 +125,7 @@ def read_config(path: str) -> dict[str, Any]:
 def load_config(path: str) -> ModelConfig:
     config = read_config(path)
     if "stratalm_version" not in config:
-        from .hf import config_from_hf  # hf builds on this module
-
-        return config_from_hf(config, path)
+        raise CheckpointError(f"'{path}' is not a stratalm checkpoint (its {CONFIG} has no stratalm_version).")
     fields = {k: v for k, v in config.items() if k not in ("stratalm_version", "architecture")}
     return ModelConfig.from_dict(fields)
 
