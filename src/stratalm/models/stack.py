@@ -95,7 +95,6 @@ class TransformerStack(nn.Module):
                 hidden[-1] = x  # the last hidden state is the normed one, as in transformers
         return x, (tuple(hidden) if hidden is not None else None), (tuple(attentions) if attentions is not None else None)
 
-
     def default_positions(self, input_ids: torch.Tensor, past: int) -> torch.Tensor:
         """0, 1, 2, ... after any cached tokens; with padding_positions (RoBERTa), real tokens count
         from pad_token_id + 1 and padding tokens sit at pad_token_id."""

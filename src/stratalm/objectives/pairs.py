@@ -60,7 +60,7 @@ class SentencePairObjective(Objective):
         self.heads = ("pooler", "nsp_head", "mlm_head") if with_mlm else ("pooler", "nsp_head")
         for role in ("cls", "sep", "pad"):
             if getattr(tokenizer, f"{role}_id") is None:
-                raise ConfigError(f"sentence-order prediction needs a {role} token, and this tokenizer has none.")
+                raise ConfigError(f"sentence-pair objectives need a {role} token, and this tokenizer has none.")
 
     def check(self, config: ModelConfig, data) -> None:
         if self.kind == "nsp" and data is not None and data.manifest.get("n_documents", 0) < 2:
@@ -68,23 +68,18 @@ class SentencePairObjective(Objective):
                               "give prepare several files or a JSONL with one document per line.")
         if config.stack != "encoder" or not config.nsp_head or (self.masker is not None and not config.mlm_head):
             needs = "a sentence-pair head" + (" and an MLM head" if self.masker is not None else "")
-            raise ConfigError(f"the {self.label} objective needs an encoder with {needs} (bert, albert); "
+            raise ConfigError(f"the {self.name} objective needs an encoder with {needs} (bert, albert); "
                               f"'{config.family}' ({config.stack}) has not.")
 
     @property
     def name(self) -> str:  # type: ignore[override]
         return ("mlm+" if self.masker is not None else "") + self.kind
 
-    label = name
-
-    def pair(self, r: int, rows: list[list[int]], documents: Optional[torch.Tensor], flip: bool,
+    def pair(self, r: int, rows: list[list[int]], firsts: list[tuple[list[int], int]], flip: bool,
              rng: torch.Generator) -> tuple[list[int], list[int], int]:
-        """Segments A and B of row r, and the label."""
-        eos = self.tokenizer.eos_id
-        if self.kind == "sop":
-            piece = longest_piece(rows[r], eos)
-        else:
-            piece, _ = first_piece(rows[r], eos)
+        """Segments A and B of row r, and the label. `firsts[j]` is row j's first document piece
+        and that document's index (for nsp)."""
+        piece = longest_piece(rows[r], self.tokenizer.eos_id) if self.kind == "sop" else firsts[r][0]
         if len(piece) < 2:
             piece = rows[r][:2]  # a window of end-of-document tokens only: degenerate but valid
         cut = int(torch.randint(1, len(piece), (1,), generator=rng))
@@ -94,12 +89,11 @@ class SentencePairObjective(Objective):
         if not flip:
             return first, second, 0
         # B from another document: a row whose first document differs from this row's
-        own = int(documents[r]) + first_piece(rows[r], eos)[1]
-        others = [j for j in range(len(rows)) if int(documents[j]) + first_piece(rows[j], eos)[1] != own]
+        others = [j for j in range(len(rows)) if firsts[j][1] != firsts[r][1] and firsts[j][0]]
         if not others:
             return first, second, 0  # every row of the batch is one document: keep the true next
-        other, _ = first_piece(rows[others[int(torch.randint(len(others), (1,), generator=rng))]], eos)
-        return first, (other or rows[others[0]])[:len(second)], 1
+        other = firsts[others[int(torch.randint(len(others), (1,), generator=rng))]][0]
+        return first, other[:len(second)], 1
 
     def prepare(self, windows: torch.Tensor, rng: torch.Generator, documents=None):
         tok = self.tokenizer
@@ -109,9 +103,14 @@ class SentencePairObjective(Objective):
         mask = torch.zeros((B, W + 3), dtype=torch.long)
         flips = (torch.rand(B, generator=rng) < 0.5).tolist()
         rows = windows.tolist()
+        firsts = []
+        if self.kind == "nsp":  # each row's first document piece, and which document it is
+            for r, row in enumerate(rows):
+                piece, later = first_piece(row, tok.eos_id)
+                firsts.append((piece, int(documents[r]) + later))
         labels = torch.zeros(B, dtype=torch.long)
         for r in range(B):
-            first, second, labels[r] = self.pair(r, rows, documents, flips[r], rng)
+            first, second, labels[r] = self.pair(r, rows, firsts, flips[r], rng)
             tokens = [tok.cls_id, *first, tok.sep_id, *second, tok.sep_id]
             ids[r, :len(tokens)] = torch.tensor(tokens)
             types[r, len(first) + 2:len(tokens)] = 1

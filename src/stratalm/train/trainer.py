@@ -18,6 +18,7 @@ from ..families import preset
 from ..io import check_tokenizer, load as load_checkpoint
 from ..models import build_model as model_from_config
 from ..objectives import get_objective
+from ..tokenize import Tokenizer
 from .config import RunConfig
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .optim import learning_rate, make_optimizer
@@ -35,7 +36,7 @@ def resolve_device(name: str, dist: Distributed) -> torch.device:
     return torch.device(name)
 
 
-def build_model(run: RunConfig, data: TokenData) -> torch.nn.Module:
+def build_model(run: RunConfig, data: TokenData, tokenizer: Tokenizer) -> torch.nn.Module:
     """A fresh model from a preset, or the weights of a checkpoint folder to continue from."""
     source = run.model_source
     if os.path.isdir(source):
@@ -46,7 +47,7 @@ def build_model(run: RunConfig, data: TokenData) -> torch.nn.Module:
         overrides = run.model_overrides()
         overrides.setdefault("vocab_size", data.vocab_size)
         model = model_from_config(preset(source, **overrides))
-    model.tokenizer = data.tokenizer()
+    model.tokenizer = tokenizer
     check_tokenizer(model.tokenizer, model.config, run.data)
     return model
 
@@ -88,9 +89,10 @@ class Trainer:
                           (self.dist.rank + 1) * self.micro_batch // self.dist.world_size)
 
         self.data = TokenData(run.data)
-        self.objective = get_objective(run.objective, self.data.tokenizer(), run.mlm)
+        tokenizer = self.data.tokenizer()
+        self.objective = get_objective(run.objective, tokenizer, run.mlm)
         torch.manual_seed(self.cfg.seed)  # the initial weights depend on the seed only
-        self.model = build_model(run, self.data).to(self.device)
+        self.model = build_model(run, self.data, tokenizer).to(self.device)
         self.objective.check(self.model.config, self.data)
         self.window = self.model.config.max_seq_len + self.objective.extra_tokens
         self.sampler = RandomWindows(self.data, "train", self.window, self.cfg.seed + 1)
