@@ -58,6 +58,12 @@ class Tokenizer:
             if max_length is not None:
                 self.backend.no_truncation()
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids (no special tokens) and each token's (start, end) character span in `text`, which
+        extractive QA needs to map a predicted token span back to the original characters."""
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 

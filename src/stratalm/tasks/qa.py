@@ -1,0 +1,128 @@
+"""Extractive question answering (SQuAD): find the answer as a span of the context.
+
+Each question and its context become one or more windows `[CLS] question [SEP] context piece
+[SEP]`: a context longer than the model's input is cut into pieces of the room left after the
+question, overlapping by `doc_stride` tokens so every answer lies whole inside some window. A
+head gives every token a start and an end score; the answer is the best-scoring span (start +
+end) over all windows, mapped back to characters of the original context through the fast
+tokenizer's offsets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..tokenize import Tokenizer
+from .squad import Answer, QAExample
+
+
+@dataclass
+class QAWindow:
+    example: int  # index of the question in its list
+    input_ids: list[int]
+    token_type_ids: list[int]  # 0 for [CLS] question [SEP], 1 for the context piece and its [SEP]
+    offsets: list[Optional[tuple[int, int]]]  # character span in the context of each context token, else None
+    start_position: int = 0  # training target: the answer's first token, or 0 ([CLS]) when it is not here
+    end_position: int = 0
+
+
+def token_spans(context: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token character spans without surrounding whitespace (byte-level BPE tokens carry the space
+    before a word), so a span maps back to exactly the word's characters."""
+    spans = []
+    for start, end in offsets:
+        while start < end and context[start].isspace():
+            start += 1
+        while end > start and context[end - 1].isspace():
+            end -= 1
+        spans.append((start, end))
+    return spans
+
+
+def special_ids(tokenizer: Tokenizer) -> tuple[int, int]:
+    cls = tokenizer.cls_id if tokenizer.cls_id is not None else tokenizer.bos_id
+    sep = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id
+    if cls is None or sep is None:
+        raise ConfigError("question answering needs a tokenizer with a [CLS] (or <bos>) and a [SEP] (or <eos>) token.")
+    return cls, sep
+
+
+def answer_tokens(spans: Sequence[tuple[int, int]], answer: Answer) -> Optional[tuple[int, int]]:
+    """Indices of the first and last context token that overlap the answer's characters."""
+    inside = [i for i, (s, e) in enumerate(spans) if e > answer.start and s < answer.end and e > s]
+    return (inside[0], inside[-1]) if inside else None
+
+
+def make_windows(
+    tokenizer: Tokenizer,
+    example: QAExample,
+    index: int,
+    max_length: int,
+    doc_stride: int,
+    max_query_length: int = 64,
+    with_labels: bool = True,
+) -> list[QAWindow]:
+    """The windows of one question; with labels, each points at the first answer span when it lies
+    whole inside the window's context piece, else at [CLS] (index 0)."""
+    cls, sep = special_ids(tokenizer)
+    question = tokenizer.encode_with_offsets(example.question)[0][:max_query_length]
+    context_ids, raw_offsets = tokenizer.encode_with_offsets(example.context)
+    spans = token_spans(example.context, raw_offsets)
+    room = max_length - len(question) - 3
+    if room <= doc_stride:
+        raise ConfigError(f"--max-length {max_length} leaves {room} context tokens after a {len(question)}-token "
+                          f"question, which must exceed --doc-stride {doc_stride}; raise --max-length or lower --doc-stride.")
+    gold = example.span_answer if with_labels else None
+    target = answer_tokens(spans, gold) if gold is not None else None
+    head = [cls, *question, sep]
+    windows, begin = [], 0
+    while True:
+        end = min(begin + room, len(context_ids))
+        piece = context_ids[begin:end]
+        window = QAWindow(index, head + piece + [sep], [0] * len(head) + [1] * (len(piece) + 1),
+                          [None] * len(head) + list(spans[begin:end]) + [None])
+        if target is not None and begin <= target[0] and target[1] < end:
+            window.start_position = len(head) + target[0] - begin
+            window.end_position = len(head) + target[1] - begin
+        windows.append(window)
+        if end >= len(context_ids):
+            return windows
+        begin = end - doc_stride
+
+
+def best_span(
+    windows: Sequence[QAWindow],
+    start_logits: Sequence[torch.Tensor],
+    end_logits: Sequence[torch.Tensor],
+    max_answer_length: int,
+) -> tuple[float, int, int]:
+    """(score, first character, end character) of the span with the highest start + end score over
+    all windows of one question: end at or after start, at most `max_answer_length` tokens, both
+    ends on context tokens. (-inf, 0, 0) when no window has a context token."""
+    best = (float("-inf"), 0, 0)
+    for window, starts, ends in zip(windows, start_logits, end_logits):
+        context = [i for i, span in enumerate(window.offsets) if span is not None]
+        if not context:
+            continue
+        first, last = context[0], context[-1] + 1  # context tokens are contiguous
+        s, e = starts[first:last].float(), ends[first:last].float()
+        n = last - first
+        scores = s[:, None] + e[None, :]  # (start, end)
+        allowed = torch.ones(n, n, dtype=torch.bool).triu().tril(max_answer_length - 1)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        flat = int(scores.argmax())
+        score = float(scores.view(-1)[flat])
+        if score > best[0]:
+            i, j = divmod(flat, n)
+            best = (score, window.offsets[first + i][0], window.offsets[first + j][1])
+    return best
+
+
+def answer_text(context: str, start: int, end: int) -> tuple[str, int]:
+    """The predicted text and its first character, without surrounding whitespace."""
+    text = context[start:end]
+    return text.strip(), start + len(text) - len(text.lstrip())
+
