@@ -91,6 +91,97 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, steps=args.steps)
 
 
+def _task_flags(args: argparse.Namespace) -> dict:
+    """The task options given on the command line (flags left out keep the task's defaults)."""
+    from .tasks import all_options
+
+    return {key: getattr(args, key) for key in all_options() if hasattr(args, key)}
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from .tasks.finetune import FinetuneConfig, finetune
+
+    values = {k: v for k, v in vars(args).items() if k in FinetuneConfig.__dataclass_fields__ and v is not None}
+    result = finetune(FinetuneConfig(**{**values, "task_options": _task_flags(args), "progress": not args.quiet}),
+                      resume=args.resume, overwrite=args.overwrite)
+    best = result["best"]
+    if best:
+        print(f"best dev {result['metric']} {best[result['metric']]:.4f} at step {result['best_step']}; "
+              f"fine-tuned model in {args.out}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from .tasks import evaluate
+
+    print(json.dumps(evaluate(args.model, args.data, args.batch_size, args.device, _task_flags(args))))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import json
+
+    from .tasks import predict
+
+    lines = [json.dumps(p, ensure_ascii=False) for p in predict(args.model, args.data, args.batch_size, args.device,
+                                                                _task_flags(args))]
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+        print(f"wrote {len(lines):,} predictions to {args.out}", file=sys.stderr)
+    else:
+        print("\n".join(lines))
+
+
+def _add_task_parsers(sub) -> None:
+    from .tasks import all_options, task_names
+    from .tasks.base import Option
+    from .tasks.finetune import FinetuneConfig
+
+    def task_flags(p: argparse.ArgumentParser) -> None:
+        group = p.add_argument_group("task options (each applies to the tasks that declare it)")
+        for key, spec in all_options().items():
+            kind = {"action": "store_true"} if spec.type is bool else {"type": spec.type}
+            group.add_argument(Option.flag(key), dest=key, default=argparse.SUPPRESS, help=spec.help, **kind)
+
+    def helps(name: str) -> str:
+        field = FinetuneConfig.__dataclass_fields__[name]
+        return f"{field.metadata['help']} (default {field.default!r})"
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model on a task (classification, tagging, ...)")
+    p.add_argument("--task", required=True, help=f"one of: {', '.join(task_names())}")
+    p.add_argument("--model", required=True, help="pretrained model folder (stratalm or Hugging Face)")
+    p.add_argument("--train", required=True, help="training data file")
+    p.add_argument("--dev", help="dev data file: evaluated during training; the best weights by its metric are kept")
+    p.add_argument("--out", required=True, help="output folder: the fine-tuned model, task.json, metrics.jsonl")
+    for name, kind in [("epochs", float), ("max_steps", int), ("batch_size", int), ("lr", float), ("warmup", float),
+                       ("weight_decay", float), ("grad_clip", float), ("max_length", int), ("max_train_examples", int),
+                       ("seed", int), ("eval_every", int), ("save_every", int), ("log_every", int),
+                       ("eval_batch_size", int), ("best_metric", str), ("device", str), ("train_only", str),
+                       ("freeze_layers", int), ("layer_decay", float), ("lora_rank", int), ("lora_alpha", float),
+                       ("lora_dropout", float), ("lora_targets", str)]:
+        p.add_argument(Option.flag(name), type=kind, help=helps(name))
+    p.add_argument("--freeze-embeddings", action="store_true", default=None, help=helps("freeze_embeddings"))
+    p.add_argument("--merge-lora", action="store_true", default=None, help=helps("merge_lora"))
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run saved in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    task_flags(p)
+    p.set_defaults(func=_finetune)
+
+    for name, func, text in [("evaluate", _evaluate, "print a fine-tuned model's metrics on a labelled file as JSON"),
+                             ("predict", _predict, "write a fine-tuned model's predictions as JSON lines")]:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--model", required=True, help="a fine-tuned folder (the --out of stratalm finetune)")
+        p.add_argument("--data", required=True, help="data file in the task's format")
+        if name == "predict":
+            p.add_argument("--out", help="JSONL file to write (default: standard output)")
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+        task_flags(p)
+        p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train.config import config_help
 
@@ -155,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's data and model")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: about two minutes)")
     p.set_defaults(func=_demo)
+
+    _add_task_parsers(sub)
     return parser
 
 

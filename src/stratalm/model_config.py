@@ -63,6 +63,8 @@ class ModelConfig:
     rtd_head: bool = setting(False, "encoder: ELECTRA's replaced-token-detection head (one logit per token)")
     n_labels: int = setting(0, "encoder: classes of a sequence-classification head (0 = none)")
     classifier_activation: Optional[str] = setting(None, "activation inside a dense classifier (None = activation; RoBERTa uses tanh)")
+    n_token_labels: int = setting(0, "encoder: tags of a token-classification head, one prediction per token (0 = none)")
+    label_names: Optional[list] = setting(None, "names of the classifier's labels or tags in id order (Hugging Face id2label)")
     classifier: str = setting("pooled", "classification head: pooled (a linear layer on the pooler, BERT/ALBERT) or dense (dense + activation + linear on the first token, RoBERTa/ELECTRA)")
     init_std: float = setting(0.02, "standard deviation of the initial weights")
     scale_residual_init: bool = setting(True, "shrink output projections' init by 1/sqrt(2 n_layers) (GPT-2)")
@@ -78,6 +80,7 @@ class ModelConfig:
             (not self.nsp_head or self.pooler, "nsp_head needs the pooler"),
             (self.classifier in ("pooled", "dense"), "classifier must be pooled or dense"),
             (not (self.n_labels and self.classifier == "pooled") or self.pooler, "a pooled classifier needs the pooler"),
+            (not (self.n_labels and self.n_token_labels), "a model has a sequence classifier or a token classifier, not both"),
             (min(self.vocab_size, self.max_seq_len, self.n_layers, self.d_model, self.n_heads, self.d_ff) > 0,
              "vocab_size, max_seq_len, n_layers, d_model, n_heads and d_ff must be positive"),
             (self.head_dim is not None or self.d_model % self.n_heads == 0,

@@ -2,7 +2,7 @@
 norm, gelu, and the pretraining heads (MLM, pooler, next-sentence)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from ..model_config import ModelConfig
 from .spec import Family, Rule, pick
@@ -51,7 +51,10 @@ def rules(config: ModelConfig) -> list[Rule]:
 
 def classifier_rules(config: ModelConfig) -> list[Rule]:
     """HF names of a sequence-classification head: `classifier` on the pooler, or (dense
-    classifiers) `classifier.dense` + `classifier.out_proj`."""
+    classifiers) `classifier.dense` + `classifier.out_proj`; a token-classification head is
+    `classifier` in every BERT-style family."""
+    if config.n_token_labels:
+        return _dense("token_classifier.out", "classifier")
     if not config.n_labels:
         return []
     if config.classifier == "pooled":
@@ -65,7 +68,23 @@ def n_labels_from_hf(hf: dict[str, Any], weight_names: set[str]) -> int:
     return len(hf.get("id2label") or {}) or hf.get("num_labels", 2)
 
 
+def label_names_from_hf(hf: dict[str, Any], n_labels: int) -> Optional[list[str]]:
+    """The label names of id2label, unless they are transformers' placeholders LABEL_0, LABEL_1, ..."""
+    names = [str((hf.get("id2label") or {}).get(str(i), f"LABEL_{i}")) for i in range(n_labels)]
+    return None if names == [f"LABEL_{i}" for i in range(n_labels)] else names
+
+
+def label_config_to_hf(c: ModelConfig) -> dict[str, Any]:
+    count = c.n_labels or c.n_token_labels
+    if not count:
+        return {}
+    names = list(c.label_names or [f"LABEL_{i}" for i in range(count)])
+    return {"id2label": {str(i): name for i, name in enumerate(names)}, "label2id": {name: i for i, name in enumerate(names)}}
+
+
 def encoder_config_from_hf(hf: dict[str, Any], weight_names: set[str], family: str) -> dict[str, Any]:
+    labels = n_labels_from_hf(hf, weight_names)
+    per_token = any(str(a).endswith("ForTokenClassification") for a in hf.get("architectures") or [])
     return dict(
         family=family, stack="encoder", vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 512),
         n_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"],
@@ -77,7 +96,8 @@ def encoder_config_from_hf(hf: dict[str, Any], weight_names: set[str], family: s
         pooler=any(".pooler.dense." in n or n.startswith("pooler.dense.") for n in weight_names),
         mlm_head=any("predictions." in n for n in weight_names),
         nsp_head=any("seq_relationship" in n for n in weight_names),
-        n_labels=n_labels_from_hf(hf, weight_names), classifier="pooled", scale_residual_init=False,
+        n_labels=0 if per_token else labels, n_token_labels=labels if per_token else 0,
+        label_names=label_names_from_hf(hf, labels) if labels else None, classifier="pooled", scale_residual_init=False,
     )
 
 
@@ -93,7 +113,7 @@ def encoder_config_to_hf(c: ModelConfig) -> dict[str, Any]:
         type_vocab_size=c.type_vocab_size, layer_norm_eps=c.norm_eps, pad_token_id=c.pad_token_id,
         hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.attention_dropout,
         tie_word_embeddings=c.tie_embeddings,
-        **({"id2label": {str(i): f"LABEL_{i}" for i in range(c.n_labels)}} if c.n_labels else {}),
+        **label_config_to_hf(c),
     )
 
 
@@ -104,6 +124,8 @@ def encoder_architecture(prefix: str):
     def architecture(c: ModelConfig) -> str:
         if c.n_labels:
             return f"{prefix}ForSequenceClassification"
+        if c.n_token_labels:
+            return f"{prefix}ForTokenClassification"
         if (c.mlm_head and c.nsp_head) or c.rtd_head:
             return f"{prefix}ForPreTraining"
         return f"{prefix}ForMaskedLM" if c.mlm_head else f"{prefix}Model"

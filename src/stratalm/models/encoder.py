@@ -7,15 +7,15 @@ import torch
 from torch import nn
 
 from ..model_config import ModelConfig
-from .heads import ClassificationHead, MaskedLMHead, Pooler, ReplacedTokenHead
+from .heads import ClassificationHead, MaskedLMHead, Pooler, ReplacedTokenHead, TokenClassificationHead
 from .output import ModelOutput, parameter_counts
 from .stack import TransformerStack, init_weights
 
 
 class EncoderModel(nn.Module):
-    """`logits` are the classifier's (B, n_labels), else the MLM head's (B, T, V), else the
-    replaced-token head's (B, T), else the last hidden states; `pooled` and `nsp_logits` are
-    filled when the config has those heads."""
+    """`logits` are the classifier's (B, n_labels), else the token classifier's (B, T, tags), else
+    the MLM head's (B, T, V), else the replaced-token head's (B, T), else the last hidden states;
+    `pooled` and `nsp_logits` are filled when the config has those heads."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -26,6 +26,7 @@ class EncoderModel(nn.Module):
         self.nsp_head = nn.Linear(config.d_model, 2) if config.nsp_head else None
         self.rtd_head = ReplacedTokenHead(config) if config.rtd_head else None
         self.classifier = ClassificationHead(config) if config.n_labels else None
+        self.token_classifier = TokenClassificationHead(config) if config.n_token_labels else None
         init_weights(self, config)
         if self.mlm_head is not None and config.tie_embeddings:
             self.mlm_head.decoder.weight = self.stack.tok_embed.weight
@@ -46,6 +47,8 @@ class EncoderModel(nn.Module):
         pooled = self.pooler(x) if self.pooler is not None else None
         if self.classifier is not None:
             logits = self.classifier(x, pooled)
+        elif self.token_classifier is not None:
+            logits = self.token_classifier(x)  # (B, T, n_token_labels)
         elif self.mlm_head is not None:
             logits = self.mlm_head(x)
         elif self.rtd_head is not None:

@@ -55,6 +55,19 @@ class ReplacedTokenHead(nn.Module):
         return self.out(self.act(self.dense(hidden))).squeeze(-1)  # (B, T)
 
 
+class TokenClassificationHead(nn.Module):
+    """One logit per tag for every token (NER, POS tagging): dropout then a linear layer, as in
+    BertForTokenClassification."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.out = nn.Linear(config.d_model, config.n_token_labels)
+        self.dropout = config.dropout
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(F.dropout(hidden, self.dropout, self.training))  # (B, T, n_token_labels)
+
+
 class ClassificationHead(nn.Module):
     """Sequence classification from the first token: `dense -> activation -> out` (RoBERTa,
     ELECTRA), or just `out` on the pooler's vector (BERT, ALBERT; the pooler already has its dense)."""

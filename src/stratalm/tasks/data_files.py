@@ -1,0 +1,122 @@
+"""Readers of task data files: tables (TSV, CSV, JSONL) and CoNLL-style token files.
+
+Tables come back as a list of rows (dicts keyed by column name) plus the column names. TSV is read
+with quoting switched off: GLUE's TSV files hold bare quote characters that are part of the text
+(MRPC's `"the witness"`), and a CSV-style reader would swallow tabs and newlines between them. A
+byte-order mark at the start of a file (MRPC has one) is dropped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Optional, Sequence
+
+from ..errors import DataError
+
+TABLE_EXTENSIONS = (".tsv", ".csv", ".jsonl")
+CONLL_EXTENSIONS = (".conll", ".txt", ".iob", ".bio")
+
+csv.field_size_limit(1 << 24)  # long passages (QA contexts) are longer than csv's 128 KiB default
+
+
+def extension_of(path: str, accepted: Sequence[str]) -> str:
+    """The file's extension, if it is one of `accepted`; else the one-sentence error."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in accepted:
+        raise DataError(f"cannot tell the format of '{path}' from its extension '{ext or '(none)'}'; "
+                        f"use one of {', '.join(accepted)}.")
+    return ext
+
+
+def _open_text(path: str):
+    if not os.path.isfile(path):
+        raise DataError(f"data file '{path}' does not exist.")
+    return open(path, encoding="utf-8-sig", newline="")  # utf-8-sig drops a byte-order mark
+
+
+def read_table(path: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows of a TSV/CSV file with a header line, or of a JSONL file (one object per line)."""
+    ext = extension_of(path, TABLE_EXTENSIONS)
+    try:
+        with _open_text(path) as handle:
+            if ext == ".jsonl":
+                return _read_jsonl(handle, path)
+            if ext == ".tsv":
+                reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            else:
+                reader = csv.reader(handle)
+            lines = [row for row in reader if row]
+    except UnicodeDecodeError:
+        raise DataError(f"'{path}' is not UTF-8 text; convert it to UTF-8.") from None
+    if not lines:
+        raise DataError(f"'{path}' is empty; give a file with a header line and at least one row.")
+    columns = [c.strip() for c in lines[0]]
+    rows = []
+    for number, values in enumerate(lines[1:], start=2):
+        if len(values) != len(columns):
+            raise DataError(f"line {number} of '{path}' has {len(values)} fields but the header has {len(columns)} "
+                            f"({', '.join(columns)}); fix the line or the delimiter.")
+        rows.append(dict(zip(columns, values)))
+    if not rows:
+        raise DataError(f"'{path}' has a header but no rows; give at least one example.")
+    return columns, rows
+
+
+def _read_jsonl(handle, path: str) -> tuple[list[str], list[dict[str, Any]]]:
+    rows, columns = [], {}
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"line {number} of '{path}' is not valid JSON; give one JSON object per line.") from None
+        if not isinstance(row, dict):
+            raise DataError(f"line {number} of '{path}' is not a JSON object; give one object per line.")
+        rows.append(row)
+        columns.update(dict.fromkeys(row))
+    if not rows:
+        raise DataError(f"'{path}' is empty; give one JSON object per line.")
+    return list(columns), rows
+
+
+def column(columns: list[str], name: Optional[str], candidates: Sequence[str], path: str, flag: str,
+           what: str) -> str:
+    """The column named `name`, or (when None) the first of `candidates` the file has."""
+    if name is not None:
+        if name not in columns:
+            raise DataError(f"'{path}' has no column '{name}' (its columns are: {', '.join(columns)}); "
+                            f"choose one with {flag}.")
+        return name
+    found = next((c for c in candidates if c in columns), None)
+    if found is None:
+        raise DataError(f"'{path}' has none of the usual {what} columns ({', '.join(candidates)}); its columns are: "
+                        f"{', '.join(columns)}; name one with {flag}.")
+    return found
+
+
+def read_conll(path: str) -> list[tuple[list[str], list[str]]]:
+    """Sentences of a CoNLL-style file: one token per line with its tag in the last column
+    (whitespace-separated), a blank line between sentences, `-DOCSTART-` lines ignored. A line with
+    only a token (no tag) gives the tag "" (files to predict on)."""
+    extension_of(path, CONLL_EXTENSIONS)
+    sentences, words, tags = [], [], []
+    try:
+        with _open_text(path) as handle:
+            for line in handle:
+                parts = line.split()
+                if not parts or parts[0] == "-DOCSTART-":
+                    if words:
+                        sentences.append((words, tags))
+                        words, tags = [], []
+                    continue
+                words.append(parts[0])
+                tags.append(parts[-1] if len(parts) > 1 else "")
+    except UnicodeDecodeError:
+        raise DataError(f"'{path}' is not UTF-8 text; convert it to UTF-8.") from None
+    if words:
+        sentences.append((words, tags))
+    if not sentences:
+        raise DataError(f"'{path}' holds no sentences; give one token and its tag per line, a blank line between sentences.")
+    return sentences

@@ -1,0 +1,100 @@
+"""The fine-tuned folder: a normal checkpoint folder (config.json, model.safetensors,
+tokenizer.json) plus task.json — the task's name, options and learned state (label names, ...),
+the maximum length, the dev metric that chose the weights, parameter counts — and, for LoRA runs
+that were not merged, adapter.safetensors + adapter_config.json. `evaluate` and `predict` need
+nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import CheckpointError
+from ..io import commit_files, load, pending_folder, write_model_files
+from . import task_class
+from .base import Task
+from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, has_adapter, load_adapter, save_adapter, without_lora
+
+TASK_FILE = "task.json"
+
+
+def save_finetuned(out: str, model: nn.Module, task: Task, info: dict[str, Any],
+                   lora: Optional[LoraConfig] = None) -> None:
+    """Write the model, its task and `info` into `out` as one atomic update. With `lora`, the base
+    weights go to model.safetensors and the adapters to adapter.safetensors."""
+    staging = pending_folder(out)
+    if lora is not None:
+        with without_lora(model):
+            write_model_files(model, staging)
+        save_adapter(model, staging, lora)
+    else:
+        write_model_files(model, staging)
+    record = {"task": task.name, "options": task.options, "state": task.state, **info,
+              "adapter": lora is not None, "stratalm_version": __version__}
+    with open(os.path.join(staging, TASK_FILE), "w") as handle:
+        json.dump(record, handle, indent=2)
+    commit_files(out)
+    if lora is None:  # adapters of an earlier save no longer apply (task.json says so already)
+        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+
+
+def read_task_file(path: str) -> dict[str, Any]:
+    file = os.path.join(path, TASK_FILE)
+    if not os.path.isfile(file):
+        raise CheckpointError(f"'{path}' is not a fine-tuned folder ({TASK_FILE} is missing); "
+                              f"give the --out folder of `stratalm finetune`.")
+    try:
+        with open(file) as handle:
+            record = json.load(handle)
+        if not isinstance(record, dict) or not {"task", "options", "state"} <= set(record):
+            raise ValueError
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        raise CheckpointError(f"'{file}' is corrupt; fine-tune again or restore it.") from None
+    return record
+
+
+def load_finetuned(path: str, device: str = "cpu", options: Optional[dict[str, Any]] = None
+                   ) -> tuple[nn.Module, Task, dict[str, Any]]:
+    """(model, task, task.json) of a fine-tuned folder; `options` override the stored task options
+    (e.g. other column names in the file to evaluate)."""
+    record = read_task_file(path)
+    task = task_class(record["task"])({**record["options"], **(options or {})}, record["state"])
+    model = load(path, device)
+    if record.get("adapter") and has_adapter(path):
+        load_adapter(model, path)
+    return model.eval(), task, record
+
+
+def _run(path: str, data: str, labelled: bool, batch_size: int, device: str, options: Optional[dict[str, Any]]):
+    model, task, record = load_finetuned(path, _device(device), options)
+    examples = task.read(data, labelled=labelled)
+    with torch.inference_mode():
+        predictions = task.predict(model, examples, record.get("max_length", model.config.max_seq_len), batch_size)
+    return task, examples, predictions
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def evaluate(path: str, data: str, batch_size: int = 64, device: str = "auto",
+             options: Optional[dict[str, Any]] = None) -> dict[str, float]:
+    """The task's metrics of the fine-tuned folder `path` on a labelled data file."""
+    task, examples, predictions = _run(path, data, True, batch_size, device, options)
+    return task.score(examples, predictions)
+
+
+def predict(path: str, data: str, batch_size: int = 64, device: str = "auto",
+            options: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """One JSON-ready prediction per example of `data` (labels may be absent)."""
+    task, examples, predictions = _run(path, data, False, batch_size, device, options)
+    return [task.format(example, prediction) for example, prediction in zip(examples, predictions)]
