@@ -74,8 +74,8 @@ def test_lora_training_leaves_the_base_alone_and_saves_the_adapter_apart(toy, tm
     from stratalm.tasks import load_finetuned
 
     out = tmp_path / "lora"
-    assert main(finetune_args(toy, out, "--dev", toy["dev"], "--max-steps", "10", "--lora-rank", "4",
-                              "--lora-targets", "q,v,o")) == 0
+    assert main(finetune_args(toy, out, "--dev", toy["dev"], "--max-steps", "30", "--eval-every", "10", "--lr", "5e-3",
+                              "--lora-rank", "4", "--lora-targets", "q,v,o")) == 0
     base, saved = load_file(toy["base"] / "model.safetensors"), load_file(out / "model.safetensors")
     shared = [k for k in saved if k in base]
     assert len(shared) > 20 and all(torch.equal(base[k], saved[k]) for k in shared)  # bitwise unchanged
@@ -84,6 +84,7 @@ def test_lora_training_leaves_the_base_alone_and_saves_the_adapter_apart(toy, tm
     assert len(adapter) == 2 * 3 * 2 and all(".lora_" in k for k in adapter)  # A and B x (q, v, o) x 2 blocks
     assert json.loads((out / "adapter_config.json").read_text())["targets"] == ["q", "v", "o"]
     task = json.loads((out / "task.json").read_text())
+    assert task["best_step"] > 0 and task["dev"]["accuracy"] >= 0.7  # the adapters learned something
     assert task["parameters"]["trainable"] == sum(t.numel() for t in adapter.values()) + 64 * 2 + 2
 
     # Reloaded with its adapter, the folder scores what training measured.
