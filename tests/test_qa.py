@@ -197,3 +197,82 @@ def test_bad_qa_files_say_what_is_wrong(tmp_path):
     (tmp_path / "nodata.json").write_text(json.dumps({"version": 1}))
     with pytest.raises(DataError, match="'data'"):
         read_squad(str(tmp_path / "nodata.json"))
+
+
+# -- end to end ------------------------------------------------------------------------------------
+WORDS = "apple river stone cloud tiger lamp forest candle mirror garden window pepper rocket violin desert ocean".split()
+FILLER = "the a of and to in on by with from at near over under".split()
+
+
+def toy_qa(n: int, seed: int) -> dict:
+    """Contexts of random words with one 'X is Y' inside; the question asks what X is; Y is the answer."""
+    import random
+
+    rng = random.Random(seed)
+    paragraphs = []
+    for i in range(n):
+        x, y = rng.sample(WORDS, 2)
+        left = [rng.choice(FILLER + WORDS) for _ in range(rng.randint(0, 14))]
+        right = [rng.choice(FILLER + WORDS) for _ in range(rng.randint(0, 14))]
+        context = " ".join(left + [x, "is", y] + right) + " ."
+        start = len(" ".join(left + [x, "is"])) + 1
+        paragraphs.append({"context": context, "qas": [{"id": f"{seed}-{i}", "question": f"what is {x} ?",
+                                                        "answers": [{"text": y, "answer_start": start}]}]})
+    return {"version": "toy", "data": [{"title": "toy", "paragraphs": paragraphs}]}
+
+
+def test_tiny_bert_learns_toy_qa_through_the_cli(tmp_path):
+    import stratalm
+    from stratalm.families import preset
+    from stratalm.models import build_model
+
+    from conftest import run_cli
+
+    train, dev = toy_qa(600, 1), toy_qa(60, 2)
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "dev.json").write_text(json.dumps(dev))
+    texts = [p["context"] + " " + q["question"] for p in train["data"][0]["paragraphs"] for q in p["qas"]]
+    tokenizer = train_bpe(iter(texts), 400, show_progress=False)
+    model = build_model(preset("bert", n_layers=2, d_model=64, n_heads=4, d_ff=128, vocab_size=tokenizer.vocab_size,
+                               max_seq_len=64, dropout=0.0, attention_dropout=0.0))
+    model.tokenizer = tokenizer
+    stratalm.save(model, str(tmp_path / "base"))
+    # --max-length 24 splits every context into windows that overlap by 8 tokens: the answer is
+    # found across windows, and windows without it learn to point at [CLS].
+    done = run_cli("finetune", "--task", "qa", "--model", tmp_path / "base", "--train", tmp_path / "train.json",
+                   "--dev", tmp_path / "dev.json", "--out", tmp_path / "qa", "--max-length", "24", "--doc-stride", "8",
+                   "--epochs", "15", "--lr", "3e-3", "--batch-size", "32", "--warmup", "0.05", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "training features" in done.stdout
+    scores = json.loads(run_cli("evaluate", "--model", tmp_path / "qa", "--data", tmp_path / "dev.json").stdout)
+    assert scores["exact_match"] >= 90.0 and scores["f1"] >= scores["exact_match"]
+    predicted = run_cli("predict", "--model", tmp_path / "qa", "--data", tmp_path / "dev.json")
+    lines = [json.loads(line) for line in predicted.stdout.splitlines()]
+    contexts = {q["id"]: p["context"] for p in dev["data"][0]["paragraphs"] for q in p["qas"]}
+    assert len(lines) == 60 and set(lines[0]) == {"id", "answer", "start"}
+    assert all(contexts[p["id"]][p["start"]:p["start"] + len(p["answer"])] == p["answer"] for p in lines)
+    bad = run_cli("finetune", "--task", "qa", "--model", tmp_path / "base", "--train", tmp_path / "train.json",
+                  "--out", tmp_path / "bad", "--max-length", "12", "--doc-stride", "8")
+    assert bad.returncode == 2 and "raise --max-length or lower --doc-stride" in bad.stderr
+
+
+def test_qa_model_exports_to_transformers_question_answering(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import stratalm
+    from stratalm.families import preset
+    from stratalm.models import build_model
+
+    model = build_model(preset("bert", n_layers=2, d_model=32, n_heads=2, d_ff=64, vocab_size=50, max_seq_len=32,
+                               qa_head=True, mlm_head=False, nsp_head=False, pooler=False)).eval()
+    stratalm.save(model, str(tmp_path / "hf"), format="hf")
+    theirs, info = transformers.BertForQuestionAnswering.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids = torch.randint(1, 50, (2, 12))
+    types = torch.zeros_like(ids)
+    types[:, 6:] = 1
+    with torch.no_grad():
+        ours = model(ids, token_type_ids=types).logits
+        out = theirs.eval()(input_ids=ids, token_type_ids=types)
+    assert (ours[..., 0] - out.start_logits).abs().max() < 1e-5 and (ours[..., 1] - out.end_logits).abs().max() < 1e-5
+    again = stratalm.load(str(tmp_path / "hf"))
+    assert again.config.qa_head and not again.config.pooler

@@ -64,6 +64,7 @@ class ModelConfig:
     n_labels: int = setting(0, "encoder: classes of a sequence-classification head (0 = none)")
     classifier_activation: Optional[str] = setting(None, "activation inside a dense classifier (None = activation; RoBERTa uses tanh)")
     n_token_labels: int = setting(0, "encoder: tags of a token-classification head, one prediction per token (0 = none)")
+    qa_head: bool = setting(False, "encoder: extractive question-answering head (a start and an end logit per token)")
     label_names: Optional[list] = setting(None, "names of the classifier's labels or tags in id order (Hugging Face id2label)")
     classifier: str = setting("pooled", "classification head: pooled (a linear layer on the pooler, BERT/ALBERT) or dense (dense + activation + linear on the first token, RoBERTa/ELECTRA)")
     init_std: float = setting(0.02, "standard deviation of the initial weights")

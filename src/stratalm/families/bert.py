@@ -55,6 +55,8 @@ def classifier_rules(config: ModelConfig) -> list[Rule]:
     `classifier` in every BERT-style family."""
     if config.n_token_labels:
         return _dense("token_classifier.out", "classifier")
+    if config.qa_head:  # ...ForQuestionAnswering: `qa_outputs` in every BERT-style family
+        return _dense("qa_head.out", "qa_outputs")
     if not config.n_labels:
         return []
     if config.classifier == "pooled":
@@ -96,6 +98,7 @@ def encoder_config_from_hf(hf: dict[str, Any], weight_names: set[str], family: s
         pooler=any(".pooler.dense." in n or n.startswith("pooler.dense.") for n in weight_names),
         mlm_head=any("predictions." in n for n in weight_names),
         nsp_head=any("seq_relationship" in n for n in weight_names),
+        qa_head="qa_outputs.weight" in weight_names,
         n_labels=0 if per_token else labels, n_token_labels=labels if per_token else 0,
         label_names=label_names_from_hf(hf, labels) if labels else None, classifier="pooled", scale_residual_init=False,
     )
@@ -126,6 +129,8 @@ def encoder_architecture(prefix: str):
             return f"{prefix}ForSequenceClassification"
         if c.n_token_labels:
             return f"{prefix}ForTokenClassification"
+        if c.qa_head:
+            return f"{prefix}ForQuestionAnswering"
         if (c.mlm_head and c.nsp_head) or c.rtd_head:
             return f"{prefix}ForPreTraining"
         return f"{prefix}ForMaskedLM" if c.mlm_head else f"{prefix}Model"

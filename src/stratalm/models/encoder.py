@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from ..model_config import ModelConfig
-from .heads import ClassificationHead, MaskedLMHead, Pooler, ReplacedTokenHead, TokenClassificationHead
+from .heads import ClassificationHead, MaskedLMHead, Pooler, ReplacedTokenHead, SpanQAHead, TokenClassificationHead
 from .output import ModelOutput, parameter_counts
 from .stack import TransformerStack, init_weights
 
 
 class EncoderModel(nn.Module):
     """`logits` are the classifier's (B, n_labels), else the token classifier's (B, T, tags), else
-    the MLM head's (B, T, V), else the replaced-token head's (B, T), else the last hidden states;
+    the QA head's (B, T, 2), else the MLM head's (B, T, V), else the replaced-token head's (B, T), else the last hidden states;
     `pooled` and `nsp_logits` are filled when the config has those heads."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -27,6 +27,7 @@ class EncoderModel(nn.Module):
         self.rtd_head = ReplacedTokenHead(config) if config.rtd_head else None
         self.classifier = ClassificationHead(config) if config.n_labels else None
         self.token_classifier = TokenClassificationHead(config) if config.n_token_labels else None
+        self.qa_head = SpanQAHead(config) if config.qa_head else None
         init_weights(self, config)
         if self.mlm_head is not None and config.tie_embeddings:
             self.mlm_head.decoder.weight = self.stack.tok_embed.weight
@@ -49,6 +50,8 @@ class EncoderModel(nn.Module):
             logits = self.classifier(x, pooled)
         elif self.token_classifier is not None:
             logits = self.token_classifier(x)  # (B, T, n_token_labels)
+        elif self.qa_head is not None:
+            logits = self.qa_head(x)  # (B, T, 2): start and end of the answer span
         elif self.mlm_head is not None:
             logits = self.mlm_head(x)
         elif self.rtd_head is not None:

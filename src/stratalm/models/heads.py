@@ -68,6 +68,18 @@ class TokenClassificationHead(nn.Module):
         return self.out(F.dropout(hidden, self.dropout, self.training))  # (B, T, n_token_labels)
 
 
+class SpanQAHead(nn.Module):
+    """Extractive question answering (BertForQuestionAnswering's `qa_outputs`): a linear layer
+    that gives every token a start logit and an end logit."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.out = nn.Linear(config.d_model, 2)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.out(hidden)  # (B, T, 2): start, end
+
+
 class ClassificationHead(nn.Module):
     """Sequence classification from the first token: `dense -> activation -> out` (RoBERTa,
     ELECTRA), or just `out` on the pooler's vector (BERT, ALBERT; the pooler already has its dense)."""

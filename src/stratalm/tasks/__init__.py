@@ -15,6 +15,9 @@ from .base import Option, Task
 TASKS: dict[str, str] = {
     "classification": "stratalm.tasks.classification:ClassificationTask",
     "tagging": "stratalm.tasks.tagging:TaggingTask",
+    "qa": "stratalm.tasks.qa:QATask",
+    "seq2seq": "stratalm.tasks.seq2seq:Seq2SeqTask",
+    "retrieval": "stratalm.tasks.retrieval:RetrievalTask",
 }
 
 

@@ -8,6 +8,7 @@ task is a subclass of `Task` plus one line in the registry (`tasks/__init__.py`)
     learn(train_examples)       -> fills `state` (label names, ...) from the training file
     check_model(config)         -> refuses, in one sentence, a model the task cannot use
     prepare_model(base)         -> the model to fine-tune (a fresh task head) + the head's module names
+    load_base(path, train)      -> the pretrained model (default: the folder; seq2seq may build a preset)
     encode(examples, tok, max_length) -> training features (dicts of lists), targets included
     collate(features)           -> a batch: dict of tensors
     loss(model, batch)          -> scalar loss
@@ -72,6 +73,13 @@ class Task(ABC):
         """Learn what the training file defines (the label set, ...) into `self.state`."""
 
     # -- model -------------------------------------------------------------------------------
+    def load_base(self, path: str, train_path: str) -> nn.Module:
+        """The pretrained model `--model` names (a folder); a task may also build one from scratch
+        (seq2seq: a preset name with a tokenizer trained on `train_path`)."""
+        from ..io import load
+
+        return load(path)
+
     def check_model(self, config: ModelConfig) -> None:
         if config.stack not in self.stacks:
             kinds = {"encoder": "an encoder (bert, roberta, albert, electra)", "decoder": "a decoder (gpt2, llama)",

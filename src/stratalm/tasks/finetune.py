@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..config_fields import setting
 from ..errors import ConfigError, DataError, OutputExistsError
-from ..io import PENDING, load, recover
+from ..io import PENDING, recover
 from ..train.config import TrainConfig
 from ..train.distributed import Distributed
 from ..train.optim import learning_rate, make_optimizer
@@ -133,7 +133,7 @@ class FineTuner:
         self.lora = cfg.lora()
 
         # Everything that can fail on user input happens before the output folder is touched.
-        base = load(cfg.model)
+        base = self.task.load_base(cfg.model, cfg.train)
         self.task.check_model(base.config)
         tokenizer = model_tokenizer(base)
         train = self.task.read(cfg.train)

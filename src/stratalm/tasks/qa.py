@@ -10,13 +10,18 @@ tokenizer's offsets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..models import build_model
 from ..tokenize import Tokenizer
-from .squad import Answer, QAExample
+from .base import Option, Task, by_length, model_inputs, model_tokenizer, pad_id_of, text_batch
+from .classification import copy_shared_weights
+from .squad import Answer, QAExample, read_squad, resolve_language, squad_metrics
 
 
 @dataclass
@@ -126,3 +131,100 @@ def answer_text(context: str, start: int, end: int) -> tuple[str, int]:
     text = context[start:end]
     return text.strip(), start + len(text) - len(text.lstrip())
 
+
+
+# -- the task ------------------------------------------------------------------------------------
+class QATask(Task):
+    name = "qa"
+    main_metric = "f1"
+    OPTIONS = {
+        "doc_stride": Option(128, "tokens shared by consecutive windows of a long context", int),
+        "max_query_length": Option(64, "questions are cut to this many tokens", int),
+        "max_answer_length": Option(30, "longest answer, in tokens", int),
+        "language": Option("auto", "en (SQuAD's word F1), zh (character F1, as for CMRC 2018) or auto (zh when "
+                                   "most context characters are Chinese)"),
+    }
+
+    def read(self, path: str, labelled: bool = True) -> list[dict[str, Any]]:
+        examples = read_squad(path)
+        if labelled:
+            missing = next((e.id for e in examples if not e.answers), None)
+            if missing is not None:
+                raise DataError(f"question '{missing}' in '{path}' has no answer; training and evaluation need "
+                                "an answer for every question.")
+        resolve_language(self.options["language"], examples)  # a bad --language fails before any work
+        return [{"id": e.id, "example": e} for e in examples]
+
+    def prepare_model(self, base: nn.Module) -> tuple[nn.Module, list[str]]:
+        # The family's ...ForQuestionAnswering: the encoder (no pooler) plus a start/end head.
+        config = base.config.replace(qa_head=True, n_labels=0, n_token_labels=0, label_names=None, mlm_head=False,
+                                     nsp_head=False, rtd_head=False, pooler=False)
+        model = build_model(config)
+        copy_shared_weights(base, model)
+        return model, ["qa_head"]
+
+    # -- training ----------------------------------------------------------------------------
+    def _windows(self, examples: list[dict[str, Any]], tokenizer: Tokenizer, max_length: int,
+                 with_labels: bool) -> list[QAWindow]:
+        windows = []
+        for index, example in enumerate(examples):
+            windows += make_windows(tokenizer, example["example"], index, max_length, self.options["doc_stride"],
+                                    self.options["max_query_length"], with_labels)
+        return windows
+
+    def encode(self, examples: list[dict[str, Any]], tokenizer: Tokenizer, max_length: int) -> list[dict[str, Any]]:
+        self.pad_id = pad_id_of(tokenizer)
+        return [{"ids": w.input_ids, "types": w.token_type_ids, "start": w.start_position, "end": w.end_position}
+                for w in self._windows(examples, tokenizer, max_length, True)]
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return {**text_batch(features, self.pad_id), "start_positions": torch.tensor([f["start"] for f in features]),
+                "end_positions": torch.tensor([f["end"] for f in features])}
+
+    @staticmethod
+    def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end logits (B, T), padding masked out."""
+        inputs = model_inputs(model, batch)
+        if "token_type_ids" in inputs and model.config.type_vocab_size < 2:
+            inputs["token_type_ids"] = torch.zeros_like(inputs["token_type_ids"])  # one segment (RoBERTa)
+        logits = model(**inputs).logits.float()  # (B, T, 2)
+        logits = logits.masked_fill(~inputs["attention_mask"].bool()[..., None], -1e4)
+        return logits[..., 0], logits[..., 1]
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        starts, ends = self._logits(model, batch)
+        return (F.cross_entropy(starts, batch["start_positions"].to(starts.device))
+                + F.cross_entropy(ends, batch["end_positions"].to(ends.device))) / 2
+
+    # -- evaluation --------------------------------------------------------------------------
+    def predict(self, model: nn.Module, examples: list[dict[str, Any]], max_length: int,
+                batch_size: int = 32) -> list[dict[str, Any]]:
+        """The best span of each question over all its windows: its text and first character."""
+        tokenizer = model_tokenizer(model)
+        self.pad_id = pad_id_of(tokenizer)
+        windows = self._windows(examples, tokenizer, max_length, False)
+        features = [{"ids": w.input_ids, "types": w.token_type_ids} for w in windows]
+        logits: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(windows)  # type: ignore[list-item]
+        with torch.no_grad():
+            for chosen in by_length(features, batch_size):
+                starts, ends = self._logits(model, text_batch([features[i] for i in chosen], self.pad_id))
+                for row, i in enumerate(chosen):
+                    logits[i] = (starts[row].cpu(), ends[row].cpu())
+        per_example: list[list[int]] = [[] for _ in examples]
+        for i, window in enumerate(windows):
+            per_example[window.example].append(i)
+        out = []
+        for example, chosen in zip(examples, per_example):
+            _, start, end = best_span([windows[i] for i in chosen], [logits[i][0] for i in chosen],
+                                      [logits[i][1] for i in chosen], self.options["max_answer_length"])
+            text, first = answer_text(example["example"].context, start, end)
+            out.append({"answer": text, "start": first})
+        return out
+
+    def score(self, examples: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, float]:
+        qa = [e["example"] for e in examples]
+        language = resolve_language(self.options["language"], qa)
+        return squad_metrics({e.id: p["answer"] for e, p in zip(qa, predictions)}, qa, language)
+
+    def format(self, example: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
+        return {"id": example["id"], "answer": prediction["answer"], "start": prediction["start"]}
