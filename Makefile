@@ -24,8 +24,10 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
+# Every benchmark case side by side with its competitor -> JSON on stdout, bench/RESULTS.md.
+# BENCH_FLAGS="--compile" adds torch.compile variants; "--quick" runs fewer repeats.
 bench: setup
-	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/run_all.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,196 +1,180 @@
-"""Training throughput of stratalm's CausalLM against Hugging Face's GPT2LMHeadModel, side by side.
+"""Training throughput, stratalm against Hugging Face `transformers` with the same weights: GPT-2
+shapes with the causal LM loss (GPT2LMHeadModel) and a BERT shape with the masked LM loss
+(BertForMaskedLM); optionally both under torch.compile.
 
-One training step = forward + cross-entropy loss (computed the same way from both models' logits)
-+ backward + gradient clipping at 1.0 + fused AdamW step + zero_grad. For each shape the two models
-(same GPT-2 configuration, same parameter count, same random batch) are warmed up, then run in
-alternating rounds (the first model of a round rotates, so machine noise hits both); the median
-step time per model gives ms/step, tokens/s, the ratio stratalm / transformers, and model FLOP/s
-by the PaLM formula, 6N + 12*L*d_model*T FLOPs per token (N excludes the position table, which
-does no matmul; the tied head counts once). A 2048x2048 fp32 matmul (median of 10) gives the
-machine's ceiling; it is measured before and after every shape and the best is used, since a
-single measurement on a shared machine can land in a busy moment.
+One step = forward + cross-entropy (computed the same way from both models' logits) + backward +
+gradient clipping at 1.0 + fused AdamW step + zero_grad. Each configuration builds a stratalm model
+(seed 0), saves it with stratalm.save and stratalm.save(format="hf"), and both systems load their
+folder, so the two train the same weights on the same batches. Model FLOPs use the PaLM formula:
+6*N + 12*n_layers*d_model*T per token, where N counts the parameters that take part in a matrix
+multiply (unique parameters minus the position and token-type tables, which are lookups; a tied head
+counts once). The fp32 2048x2048 matmul ceiling is measured before and after every configuration in
+this run and the best is used, since one measurement on a shared machine can land in a busy moment.
 
-Run:  .venv/bin/python bench/train_throughput.py [--shapes nanogpt_cpu,gpt2_6x384] [--rounds N]
-          [--steps N] [--quick] [--compile]
-JSON goes to stdout, progress to stderr. The default run takes about 2-2.5 minutes on 2 CPU cores;
---compile also times stratalm under torch.compile (compile time excluded; about 4.5 minutes).
+Run:  python bench/train_throughput.py [--configs nanogpt_cpu,gpt2_6x384,bert_mlm_4x256] [--quick]
+          [--compile] [--rounds N] [--repeats N] [--no-memory] [--no-record]
+--compile also times both systems under torch.compile (compile time excluded; each cold compile
+costs 20-30 s, so it is off by default).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import statistics
+import os
 import sys
-import time
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-import transformers
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import BertForMaskedLM, GPT2LMHeadModel
 
+import stratalm
+from common import Case, Runner, log, matmul_gflops, run_case
 from stratalm.families import preset
-from stratalm.models import CausalLM
+from stratalm.models import build_model
 
-# name: (n_layers, n_heads, d_model, block, vocab, batch, default steps per round)
-SHAPES = {
-    "nanogpt_cpu": (4, 4, 128, 64, 65, 12, 20),
-    "gpt2_6x384": (6, 6, 384, 256, 50304, 8, 3),
+CONFIGS: dict[str, dict[str, Any]] = {
+    # nanoGPT's CPU example (Shakespeare, characters)
+    "nanogpt_cpu": dict(kind="gpt", n_layers=4, n_heads=4, d_model=128, block=64, vocab=65, batch=12, repeats=20,
+                        smoke=dict(n_layers=1, d_model=32, n_heads=2, block=16, batch=2)),
+    # nanoGPT's Shakespeare GPU shape with GPT-2's vocabulary padded to a multiple of 64
+    "gpt2_6x384": dict(kind="gpt", n_layers=6, n_heads=6, d_model=384, block=256, vocab=50304, batch=8, repeats=3,
+                       smoke=dict(n_layers=1, d_model=32, n_heads=2, block=16, vocab=512, batch=2)),
+    # the `bert` preset (4 x 256) with its MLM head and dropout 0.1, as BertForMaskedLM
+    "bert_mlm_4x256": dict(kind="bert", n_layers=4, n_heads=4, d_model=256, block=128, vocab=30522, batch=16, repeats=3,
+                           smoke=dict(n_layers=1, d_model=32, n_heads=2, block=16, vocab=512, batch=2)),
 }
+CEILINGS: list[float] = []  # fp32 matmul GFLOP/s, measured between configurations
+FLOPS_PER_TOKEN: dict[str, int] = {}
 
 
-def log(*args: object) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
-def unique_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def build(shape: tuple) -> tuple[CausalLM, GPT2LMHeadModel]:
-    L, H, C, T, V = shape[:5]
+def stratalm_model(config: dict[str, Any]) -> torch.nn.Module:
+    shape = dict(vocab_size=config["vocab"], max_seq_len=config["block"], n_layers=config["n_layers"],
+                 d_model=config["d_model"], n_heads=config["n_heads"], d_ff=4 * config["d_model"])
     torch.manual_seed(0)
-    ours = CausalLM(preset("tiny", vocab_size=V, max_seq_len=T, n_layers=L, d_model=C, n_heads=H,
-                           d_ff=4 * C, dropout=0.0))
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=T, n_embd=C, n_layer=L, n_head=H,
-                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                    bos_token_id=0, eos_token_id=0))
-    return ours.train(), hf.train()
+    if config["kind"] == "gpt":
+        return build_model(preset("tiny", dropout=0.0, **shape))
+    return build_model(preset("bert", pooler=False, nsp_head=False, **shape))  # -> BertForMaskedLM
 
 
-def make_step(model: torch.nn.Module, vocab: int):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+def flops_per_token(model: torch.nn.Module, config: dict[str, Any]) -> int:
+    unique = {id(p): p for p in model.parameters()}.values()
+    lookups = {id(model.stack.positions.weight)}
+    if model.stack.token_types is not None:
+        lookups.add(id(model.stack.token_types.weight))
+    matmul_params = sum(p.numel() for p in unique if id(p) not in lookups)
+    return 6 * matmul_params + 12 * config["n_layers"] * config["d_model"] * config["block"]
+
+
+def measure_ceiling(args: argparse.Namespace) -> None:
+    n = 256 if args.smoke else 2048
+    CEILINGS.append(matmul_gflops(n))
+    log(f"fp32 {n}x{n} matmul: {CEILINGS[-1]:.1f} GFLOP/s")
+
+
+def inputs(config: dict[str, Any], workdir: str, args: argparse.Namespace) -> None:
+    measure_ceiling(args)
+    model = stratalm_model(config)
+    FLOPS_PER_TOKEN[config["name"]] = flops_per_token(model, config)
+    stratalm.save(model, os.path.join(workdir, "stratalm"))
+    stratalm.save(model, os.path.join(workdir, "hf"), format="hf")
+
+
+def batches(config: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) pairs, the same for every system: next tokens for a GPT; for BERT, 15% of
+    the positions masked (targets elsewhere -100, which the loss ignores)."""
+    gen = torch.Generator().manual_seed(1)
+    B, T, V = config["batch"], config["block"], config["vocab"]
+    out = []
+    for _ in range(4):
+        if config["kind"] == "gpt":
+            x = torch.randint(0, V, (B, T + 1), generator=gen)
+            out.append((x[:, :-1], x[:, 1:]))
+        else:
+            x = torch.randint(5, V, (B, T), generator=gen)
+            chosen = torch.rand(B, T, generator=gen) < 0.15
+            out.append((x.masked_fill(chosen, 4), x.masked_fill(~chosen, -100)))
+    return out
+
+
+def build(system: str, config: dict[str, Any], workdir: str, args: argparse.Namespace) -> Runner:
+    if system.startswith("stratalm"):
+        model = stratalm.load(os.path.join(workdir, "stratalm")).train()
+        forward = lambda m, x: m(x).logits  # noqa: E731
+    else:
+        hf_class = GPT2LMHeadModel if config["kind"] == "gpt" else BertForMaskedLM
+        model = hf_class.from_pretrained(os.path.join(workdir, "hf")).train()
+        if config["kind"] == "gpt":
+            forward = lambda m, x: m(x, use_cache=False).logits  # noqa: E731  no cache is built in training
+        else:
+            forward = lambda m, x: m(x).logits  # noqa: E731
+    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     params = [p for p in model.parameters() if p.requires_grad]
+    compiled = torch.compile(model) if system.endswith("_compiled") else model
+    data, position = batches(config), [0]
 
-    def step(x: torch.Tensor) -> None:
-        logits = model(x[:, :-1]).logits
-        loss = F.cross_entropy(logits.reshape(-1, vocab), x[:, 1:].reshape(-1))
+    def step() -> None:
+        x, y = data[position[0] % len(data)]
+        position[0] += 1
+        logits = forward(compiled, x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step
+    info = {"params": n_params}
+    if not system.startswith("stratalm"):
+        info["attn_implementation"] = model.config._attn_implementation
+    warmup = 10 if system.endswith("_compiled") else 5
+    return Runner(run=step, units=config["batch"] * config["block"], warmup=warmup, info=info)
 
 
-def bench_shape(name: str, args: argparse.Namespace) -> dict:
-    L, H, C, T, V, B, default_steps = SHAPES[name]
-    steps = args.steps or (max(2, default_steps // 2) if args.quick else default_steps)
-    rounds = args.rounds or (2 if args.quick else 5)
-    ours, hf = build(SHAPES[name])
-    n_ours, n_hf = unique_params(ours), unique_params(hf)
-    if n_ours != n_hf:
-        log(f"WARNING {name}: parameter counts differ: stratalm {n_ours}, transformers {n_hf}")
-    flops_per_token = 6 * (n_ours - T * C) + 12 * L * C * T
-    tokens = B * T
+def check(config: dict[str, Any], runners: dict[str, Runner], args: argparse.Namespace) -> dict[str, Any]:
+    measure_ceiling(args)
+    counts = {s: r.info["params"] for s, r in runners.items()}
+    return {"params_equal": len(set(counts.values())) == 1, "flops_per_token": FLOPS_PER_TOKEN[config["name"]]}
 
-    runners = {"stratalm": make_step(ours, V), "transformers": make_step(hf, V)}
-    warmup = {"stratalm": 5, "transformers": 5}
+
+def finalize(result: dict[str, Any], args: argparse.Namespace) -> None:
+    ceiling = max(CEILINGS)
+    result["matmul_fp32_ceiling"] = {"n": 256 if args.smoke else 2048, "gflops": round(ceiling, 1),
+                                     "each": [round(c, 1) for c in CEILINGS]}
+    result["flops_formula"] = "PaLM: 6*N + 12*n_layers*d_model*T per token; N = matmul parameters (no position/type tables)"
+    result["step"] = "forward + cross_entropy + backward + clip_grad_norm(1.0) + AdamW(fused).step + zero_grad"
+    for entry in result["configs"].values():
+        for stats in entry["systems"].values():
+            stats["model_gflops"] = round(entry["flops_per_token"] * stats["per_s"] / 1e9, 2)
+            stats["fraction_of_ceiling"] = round(stats["model_gflops"] / ceiling, 3)
+
+
+def note(system: str, competitor: Optional[str], entry: dict[str, Any]) -> str:
+    ours = entry["systems"][system]
+    text = f"{ours['model_gflops']} model GFLOP/s = {ours['fraction_of_ceiling']:.0%} of the fp32 matmul ceiling"
+    if competitor is not None:
+        text += f" (competitor {entry['systems'][competitor]['fraction_of_ceiling']:.0%})"
+    return text
+
+
+def pairs(args: argparse.Namespace) -> list[tuple[str, Optional[str]]]:
+    out: list[tuple[str, Optional[str]]] = [("stratalm", "transformers")]
     if args.compile:
-        compiled = CausalLM(ours.config).train()
-        compiled.load_state_dict(ours.state_dict())
-        runners["stratalm_compiled"] = make_step(torch.compile(compiled), V)
-        warmup["stratalm_compiled"] = 10
-    if args.quick:
-        warmup = {k: max(2, w // 2) for k, w in warmup.items()}
-
-    gen = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, V, (B, T + 1), generator=gen) for _ in range(4)]
-    for label, step in runners.items():
-        t0 = time.perf_counter()
-        for i in range(warmup[label]):
-            step(batches[i % len(batches)])
-        log(f"{name}: {label} warmup ({warmup[label]} steps) {time.perf_counter() - t0:.1f}s")
-
-    labels, times = list(runners), {k: [] for k in runners}
-    for r in range(rounds):
-        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
-            for i in range(steps):
-                t0 = time.perf_counter()
-                runners[label](batches[i % len(batches)])
-                times[label].append(time.perf_counter() - t0)
-        log(f"{name}: round {r + 1}/{rounds} " + ", ".join(
-            f"{k} {1e3 * statistics.median(v[-steps:]):.1f}ms" for k, v in times.items()))
-
-    models = {}
-    for label, ts in times.items():
-        med = statistics.median(ts)
-        gflops = flops_per_token * tokens / med / 1e9
-        models[label] = {
-            "ms_per_step": round(1e3 * med, 2),
-            "ms_min": round(1e3 * min(ts), 2),
-            "ms_spread_p25_p75": [round(1e3 * q, 2) for q in statistics.quantiles(ts, n=4)[::2]],
-            "tokens_per_s": round(tokens / med, 1),
-            "model_gflops": round(gflops, 2),
-        }
-    tps = {k: v["tokens_per_s"] for k, v in models.items()}
-    out = {
-        "config": {"n_layers": L, "n_heads": H, "d_model": C, "block": T, "vocab": V, "batch": B},
-        "tokens_per_step": tokens,
-        "warmup_steps": warmup, "rounds": rounds, "steps_per_round": steps,
-        "params": {"stratalm": n_ours, "transformers": n_hf, "equal": n_ours == n_hf},
-        "flops_per_token": flops_per_token,
-        "transformers_attn_implementation": hf.config._attn_implementation,
-        "models": models,
-        "ratio_stratalm_over_transformers": round(tps["stratalm"] / tps["transformers"], 3),
-    }
-    if args.compile:
-        out["ratio_compiled_over_transformers"] = round(tps["stratalm_compiled"] / tps["transformers"], 3)
-        out["ratio_compiled_over_eager"] = round(tps["stratalm_compiled"] / tps["stratalm"], 3)
+        out.append(("stratalm_compiled", "transformers_compiled"))
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES))
-    p.add_argument("--rounds", type=int, default=0, help="alternating rounds (default 5, --quick 2)")
-    p.add_argument("--steps", type=int, default=0, help="timed steps per model per round (default per shape)")
-    p.add_argument("--quick", action="store_true", help="fewer rounds, steps and warmup: a smoke run")
-    p.add_argument("--compile", action="store_true", help="also time stratalm under torch.compile")
-    args = p.parse_args()
-    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    unknown = [s for s in shapes if s not in SHAPES]
-    if unknown:
-        p.error(f"unknown shapes {unknown}; choose from {list(SHAPES)}")
+CASE = Case(
+    name="train_throughput", unit="tokens", about=__doc__.split("\n\n")[0].replace("\n", " "),
+    configs=CONFIGS, pairs=pairs, build=build, inputs=inputs, check=check, finalize=finalize, note=note,
+    rounds=5, repeats=3,
+    add_arguments=lambda p: p.add_argument("--compile", action="store_true",
+                                           help="also time both systems under torch.compile (slow to start)"),
+)
 
-    start = time.perf_counter()
-    ceilings = [matmul_gflops()]
-    log(f"fp32 2048x2048 matmul: {ceilings[0]:.1f} GFLOP/s")
-    results = {}
-    for name in shapes:
-        results[name] = bench_shape(name, args)
-        ceilings.append(matmul_gflops())
-        log(f"fp32 2048x2048 matmul: {ceilings[-1]:.1f} GFLOP/s")
-    ceiling = max(ceilings)
-    for res in results.values():
-        for m in res["models"].values():
-            m["fraction_of_matmul_ceiling"] = round(m["model_gflops"] / ceiling, 3)
-    result = {
-        "benchmark": "train_throughput",
-        "step": "forward + cross_entropy + backward + clip_grad_norm(1.0) + AdamW(fused).step + zero_grad",
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "threads": torch.get_num_threads(),
-        "flops_formula": "PaLM: 6*N + 12*n_layers*d_model*block per token; N = unique params minus position table",
-        "matmul_fp32_2048_gflops": round(ceiling, 1),
-        "matmul_fp32_2048_gflops_each": [round(c, 1) for c in ceilings],
-        "shapes": results,
-    }
-    result["wall_s"] = round(time.perf_counter() - start, 1)
-    print(json.dumps(result, indent=2))
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    return run_case(CASE, __file__, argv)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

