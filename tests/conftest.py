@@ -48,6 +48,18 @@ def bpe_data(tmp_path_factory, corpus_jsonl) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def pydoc_bpe(tmp_path_factory):
+    """All of Python's documentation topics (about 465 KB), byte-level BPE with 2048 tokens."""
+    from stratalm.data import prepare
+    from stratalm.demo import write_corpus
+
+    folder = tmp_path_factory.mktemp("pydoc")
+    write_corpus(str(folder / "topics.jsonl"))
+    prepare([str(folder / "topics.jsonl")], str(folder / "data"), tokenizer="bpe", vocab_size=2048, progress=False)
+    return folder / "data"
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m stratalm ARGS` as a user would; returns the finished process."""
     return subprocess.run(

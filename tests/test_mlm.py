@@ -13,17 +13,6 @@ from stratalm.families import preset
 from stratalm.objectives import MaskedLMObjective, Masker, MaskingConfig
 
 
-@pytest.fixture(scope="module")
-def pydoc_bpe(tmp_path_factory):
-    """All of Python's documentation topics (about 465 KB), byte-level BPE with 2048 tokens."""
-    from stratalm.demo import write_corpus
-
-    folder = tmp_path_factory.mktemp("pydoc")
-    write_corpus(str(folder / "topics.jsonl"))
-    prepare([str(folder / "topics.jsonl")], str(folder / "data"), tokenizer="bpe", vocab_size=2048, progress=False)
-    return folder / "data"
-
-
 def windows(data_folder, length=126):
     data = TokenData(str(data_folder))
     n = data.manifest["n_tokens"] // length

@@ -41,7 +41,9 @@ def _pretrain(args: argparse.Namespace) -> None:
     run = build_run_config(args.config, merge_nested(parse_overrides(args.overrides), flags))
     result = pretrain(run, resume=args.resume, overwrite=args.overwrite)
     if "val_loss" in result:
-        print(f"final validation loss {result['val_loss']:.4f} (perplexity {result['val_perplexity']:.2f}); checkpoint in {run.out}")
+        from .train.trainer import describe_scores
+
+        print(f"final {describe_scores(result)}; checkpoint in {run.out}")
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -39,9 +39,10 @@ def pending_folder(dest: str) -> str:
 def commit_files(dest: str) -> None:
     """Move every file of `<dest>/.pending` into `dest`, as one all-or-nothing update."""
     staging = os.path.join(dest, PENDING)
-    for name in os.listdir(staging):
-        with open(os.path.join(staging, name), "rb") as handle:
-            os.fsync(handle.fileno())
+    for folder, _, names in os.walk(staging):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as handle:
+                os.fsync(handle.fileno())
     marker = os.path.join(staging, COMMITTED)
     with open(marker, "w") as handle:
         handle.flush()
@@ -52,8 +53,12 @@ def commit_files(dest: str) -> None:
 def _finish(dest: str) -> None:
     staging = os.path.join(dest, PENDING)
     for name in sorted(os.listdir(staging)):
-        if name != COMMITTED:
-            os.replace(os.path.join(staging, name), os.path.join(dest, name))
+        if name == COMMITTED:
+            continue
+        source, target = os.path.join(staging, name), os.path.join(dest, name)
+        if os.path.isdir(source) and os.path.isdir(target):  # a sub-folder (ELECTRA's generator/) is replaced whole
+            shutil.rmtree(target)
+        os.replace(source, target)
     os.remove(os.path.join(staging, COMMITTED))
     os.rmdir(staging)
 

@@ -17,6 +17,8 @@ class ModelOutput:
     nsp_logits: Optional[torch.Tensor] = None  # (B, 2): is-next / in-order logits
     encoder_last_hidden_state: Optional[torch.Tensor] = None  # encoder-decoder: the encoder's output
     encoder_hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # encoder-decoder, when asked
+    rtd_logits: Optional[torch.Tensor] = None  # (B, T): ELECTRA pretraining, the discriminator's "replaced?" logits
+    rtd_labels: Optional[torch.Tensor] = None  # (B, T): 1 where the generator's sample differs from the original
 
 
 EMBEDDING_PARTS = ("tok_embed.", "positions.", "token_types.")

@@ -22,9 +22,27 @@ class Objective(ABC):
     heads: tuple[str, ...] = ()
     # Whether prepare needs the document of each window's first token (next-sentence prediction).
     needs_documents = False
+    # Whether the validation loss is a mean token cross-entropy, so exp(loss) is a perplexity.
+    reports_perplexity = False
+    # Whether it can be one part of a weighted mixture (`mlm+simcse:0.1`).
+    mixable = True
 
     def check(self, config: ModelConfig, data: Any) -> None:
         """Raise a ConfigError at start when this model or corpus cannot carry the objective."""
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module to train: the model itself, or (rtd) the model with a generator beside it."""
+        return model
+
+    def compute(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Run the model on prepared inputs and score it (one forward)."""
+        return self.loss(model(**inputs), targets)
+
+    def parts(self, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+              ) -> list[tuple["Objective", float, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """(objective, weight, inputs, targets) per backward pass: one, or one per mixed objective."""
+        return [(self, 1.0, inputs, targets)]
 
     @abstractmethod
     def prepare(self, windows: torch.Tensor, rng: torch.Generator, documents: Optional[torch.Tensor] = None

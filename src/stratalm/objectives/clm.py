@@ -12,6 +12,7 @@ from .base import Objective
 
 class CausalLMObjective(Objective):
     name = "clm"
+    reports_perplexity = True
     extra_tokens = 1
     overlap = 1
 

@@ -114,6 +114,7 @@ class Masker:
 
 class MaskedLMObjective(Objective):
     name = "mlm"
+    reports_perplexity = True
     extra_tokens = -2  # each window is wrapped as [CLS] window [SEP]
     heads = ("mlm_head",)
 

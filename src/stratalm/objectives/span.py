@@ -48,6 +48,7 @@ def sentinel_ids(tokenizer: Tokenizer, count: int) -> list[int]:
 
 class SpanCorruptionObjective(Objective):
     name = "span"
+    reports_perplexity = True
 
     def __init__(self, tokenizer: Tokenizer, options=None) -> None:
         self.tokenizer = tokenizer

@@ -15,6 +15,8 @@ from ..config_fields import describe, load_yaml, merge_nested, setting, update_d
 from ..errors import ConfigError
 from ..model_config import ModelConfig
 from ..objectives.mlm import MaskingConfig
+from ..objectives.rtd import ReplacedTokenConfig
+from ..objectives.simcse import ContrastiveConfig
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,13 @@ class TrainConfig:
 class RunConfig:
     data: str = setting("", "prepared data folder (from `stratalm prepare`)")
     out: str = setting("", "output folder: checkpoint, metrics.jsonl, run.yaml")
-    objective: str = setting("clm", "pretraining objective")
+    objective: str = setting("clm", "pretraining objective: clm, mlm, nsp, sop, mlm+nsp, mlm+sop, rtd, span, simcse, "
+                                    "or a weighted mixture such as mlm+simcse:0.1")
     model: dict = setting({}, "model.preset (a preset name or checkpoint folder) and ModelConfig fields to override")
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
     mlm: MaskingConfig = field(default_factory=MaskingConfig, metadata={"help": "masking recipe of the mlm objective"})
+    rtd: ReplacedTokenConfig = field(default_factory=ReplacedTokenConfig, metadata={"help": "ELECTRA's generator and loss weights"})
+    simcse: ContrastiveConfig = field(default_factory=ContrastiveConfig, metadata={"help": "contrastive sentence embeddings"})
 
     @property
     def model_source(self) -> str:

@@ -38,11 +38,20 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
     }
 
 
+def checkpoint_parts(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Sub-folder -> model: the model itself at the root, or (ELECTRA pretraining) the
+    discriminator at the root and the generator in generator/."""
+    return model.checkpoint_parts() if hasattr(model, "checkpoint_parts") else {"": model}
+
+
 def save_training_checkpoint(out: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Write model, optimizer and trainer state into `out` as one atomic update."""
     staging = pending_folder(out)
     step = {"step": str(state["step"])}
-    write_model_files(model, staging, metadata=step)
+    for name, part in checkpoint_parts(model).items():
+        folder = os.path.join(staging, name)
+        os.makedirs(folder, exist_ok=True)
+        write_model_files(part, folder, metadata=step)
     save_file(optimizer_tensors(optimizer), os.path.join(staging, OPTIMIZER), metadata=step)
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
     with open(os.path.join(staging, TRAINER_STATE), "w") as handle:
@@ -72,11 +81,13 @@ def load_training_checkpoint(out: str, model: torch.nn.Module, optimizer: torch.
     opt_path = os.path.join(out, OPTIMIZER)
     if not os.path.isfile(opt_path):
         raise CheckpointError(f"checkpoint '{out}' is incomplete: {OPTIMIZER} is missing.")
-    steps = {_file_step(os.path.join(out, WEIGHTS)), _file_step(opt_path), str(state.get("step"))}
+    parts = {os.path.join(out, name): part for name, part in checkpoint_parts(model).items()}
+    steps = {_file_step(os.path.join(folder, WEIGHTS)) for folder in parts} | {_file_step(opt_path), str(state.get("step"))}
     if len(steps) != 1:
         raise CheckpointError(f"checkpoint '{out}' mixes files from different steps ({sorted(steps)}); it cannot be resumed.")
 
-    load_state_into(model, load_weights(out), out)
+    for folder, part in parts.items():
+        load_state_into(part, load_weights(folder), folder)
     tensors = load_file(opt_path)
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

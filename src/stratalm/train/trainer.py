@@ -58,15 +58,26 @@ ENCODER_HEADS = ("mlm_head", "pooler", "nsp_head", "rtd_head", "classifier")
 def freeze_unused_heads(model: torch.nn.Module, used: tuple[str, ...]) -> None:
     """Heads the objective does not train (mlm leaves BERT's pooler and next-sentence head idle)
     keep their weights and get no gradient, so the optimizer and DDP leave them alone. A tensor
-    tied to a trained part (the MLM decoder is the embedding) stays trainable."""
-    trained = {id(p) for name, module in model.named_children() if name not in ENCODER_HEADS or name in used
-               for p in module.parameters()}
-    for name in ENCODER_HEADS:
-        module = getattr(model, name, None)
-        if module is not None and name not in used:
-            for param in module.parameters():
-                if id(param) not in trained:
-                    param.requires_grad_(False)
+    tied to a trained part (the MLM decoder is the embedding) stays trainable. `model` may hold
+    several encoders (ELECTRA's generator and discriminator)."""
+    encoders = [m for m in model.modules() if any(hasattr(m, name) for name in ENCODER_HEADS)]
+    idle = [getattr(m, name) for m in encoders for name in ENCODER_HEADS if name not in used and getattr(m, name) is not None]
+    idle_ids = {id(p) for module in idle for p in module.parameters()}
+    trained = {id(p) for name, p in model.named_parameters() if id(p) not in idle_ids}
+    for module in idle:
+        for param in module.parameters():
+            if id(param) not in trained:
+                param.requires_grad_(False)
+
+
+def describe_scores(scores: dict[str, float]) -> str:
+    """One line for the console: the validation loss, then perplexity or the objective's own metrics."""
+    shown = [f"validation loss {scores['val_loss']:.4f}"]
+    if "val_perplexity" in scores:
+        shown.append(f"perplexity {scores['val_perplexity']:.2f}")
+    else:
+        shown += [f"{k[4:]} {v:.4f}" for k, v in scores.items() if k.endswith(("accuracy", "recall", "cosine"))]
+    return ", ".join(shown)
 
 
 class Trainer:
@@ -90,10 +101,11 @@ class Trainer:
 
         self.data = TokenData(run.data)
         tokenizer = self.data.tokenizer()
-        self.objective = get_objective(run.objective, tokenizer, run.mlm)
+        self.objective = get_objective(run.objective, tokenizer, run)
         torch.manual_seed(self.cfg.seed)  # the initial weights depend on the seed only
-        self.model = build_model(run, self.data, tokenizer).to(self.device)
-        self.objective.check(self.model.config, self.data)
+        model = build_model(run, self.data, tokenizer)
+        self.objective.check(model.config, self.data)
+        self.model = self.objective.wrap(model).to(self.device)
         self.window = self.model.config.max_seq_len + self.objective.extra_tokens
         self.sampler = RandomWindows(self.data, "train", self.window, self.cfg.seed + 1)
         self.objective_rng = torch.Generator().manual_seed(self.cfg.seed + 2)
@@ -165,17 +177,19 @@ class Trainer:
             # N processes see exactly the examples one process would.
             windows, offsets = self.sampler.next_batch(self.micro_batch)
             inputs, targets = self.objective.prepare(windows, self.objective_rng, self._documents(offsets))
-            share = self._share_of_scored(targets["labels"])
-            inputs = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in inputs.items()}
-            targets = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in targets.items()}
-            last = micro == self.cfg.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward_model.no_sync()
-            with sync:
-                with self.autocast():
-                    loss, _ = self.objective.loss(self.forward_model(**inputs), targets)
-                    loss = loss * share
-                (loss / self.cfg.grad_accum).backward()
-            total += loss.detach()
+            parts = self.objective.parts(inputs, targets)  # one backward per mixed objective
+            for index, (objective, weight, inputs, targets) in enumerate(parts):
+                share = self._share_of_scored(targets["labels"])
+                inputs = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in inputs.items()}
+                targets = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in targets.items()}
+                last = micro == self.cfg.grad_accum - 1 and index == len(parts) - 1
+                sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward_model.no_sync()
+                with sync:
+                    with self.autocast():
+                        loss, _ = objective.compute(self.forward_model, inputs, targets)
+                        loss = loss * (share * weight)
+                    (loss / self.cfg.grad_accum).backward()
+                total += loss.detach()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
@@ -199,10 +213,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over every predicted token of the validation split (or eval_windows of it)."""
+        """Mean loss over every predicted token of the validation split (or eval_windows of it).
+        Randomness inside the model (ELECTRA's sampled replacements) comes from a fixed seed and
+        leaves the training run's random state untouched, so a run resumes exactly."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
         self.forward_model.eval()
         names: list[str] = []
-        totals = torch.zeros(8, dtype=torch.float64, device=self.device)  # count, then each metric's weighted sum
+        totals = torch.zeros(32, dtype=torch.float64, device=self.device)  # count, then each metric's weighted sum
         rng = torch.Generator().manual_seed(0)  # the same masks at every evaluation
         stride = self.window - self.objective.overlap
         for windows, offsets in sequential_windows(self.data, "validation", self.window, stride, self.cfg.eval_batch_size,
@@ -211,8 +233,8 @@ class Trainer:
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             targets = {k: v.to(self.device) for k, v in targets.items()}
             with self.autocast():
-                _, metrics = self.objective.loss(self.model(**inputs), targets)
-            names = sorted(metrics)[:7]
+                _, metrics = self.objective.compute(self.model, inputs, targets)
+            names = sorted(metrics)[:len(totals) - 1]
             count = int((targets["labels"] != -100).sum())  # metrics are means over the scored tokens
             totals[0] += count
             totals[1:1 + len(names)] += torch.tensor([float(metrics[n]) * count for n in names], dtype=torch.float64)
@@ -221,7 +243,8 @@ class Trainer:
         if totals[0] == 0:
             return {}
         scores = {f"val_{name}": float(totals[1 + i] / totals[0]) for i, name in enumerate(names)}
-        scores["val_perplexity"] = math.exp(min(scores["val_loss"], 50.0))
+        if self.objective.reports_perplexity:  # the loss is a mean token cross-entropy
+            scores["val_perplexity"] = math.exp(min(scores["val_loss"], 50.0))
         return scores
 
     def fit(self) -> dict[str, float]:
@@ -258,7 +281,7 @@ class Trainer:
                 scores = self.evaluate()
                 if scores:
                     self.metrics.write({"step": self.step, **scores})
-                    say(f"step {self.step}: validation loss {scores['val_loss']:.4f}, perplexity {scores['val_perplexity']:.2f}")
+                    say(f"step {self.step}: {describe_scores(scores)}")
                     result.update(scores)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
                 self.save()
