@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import stratalm
 from stratalm.cli import main
 from stratalm.models import build_model
+from stratalm.tasks import task_names
 from stratalm.tokenize import train_char
 
 WORDS = "the a movie film plot actor story was is very quite really".split()
@@ -108,7 +109,8 @@ def test_csv_and_jsonl_read_like_tsv(tmp_path):
 def test_user_errors_are_one_sentence_and_exit_2(toy, tmp_path, capsys):
     unknown = finetune_args(toy, tmp_path / "x")
     unknown[unknown.index("--task") + 1] = "nope"
-    assert "unknown task 'nope'; available tasks: classification, tagging" in error_of(capsys, unknown)
+    listed = error_of(capsys, unknown)
+    assert f"unknown task 'nope'; available tasks: {', '.join(task_names())}." in listed and "classification, tagging" in listed
     missing = error_of(capsys, finetune_args(toy, tmp_path / "x", "--text-column", "review"))
     assert "no column 'review'" in missing and "sentence, label" in missing
     unseen = tmp_path / "dev.tsv"
