@@ -138,3 +138,18 @@ def test_real_minilm_weights_fine_tune_as_a_classifier(tmp_path, capsys):
     assert main(["evaluate", "--model", str(out), "--data", str(dev)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == pytest.approx(task["dev"]["accuracy"]) and 0.0 <= metrics["f1"] <= 1.0
+
+
+@pytest.mark.parametrize("family, classifier", [("roberta", "dense"), ("albert", "pooled"), ("electra", "dense")])
+def test_every_encoder_family_fine_tunes_with_its_own_head(tmp_path, capsys, family, classifier):
+    train = write_sentiment(tmp_path / "train.tsv", 64, 1)
+    base = make_base(tmp_path / "base", [train.read_text()], family)
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "classification", "--model", str(base), "--train", str(train), "--dev", str(train),
+                 "--out", str(out), "--max-steps", "2", "--max-length", "512", "--quiet"]) == 0
+    model = stratalm.load(str(out))
+    assert model.config.family == family and model.config.classifier == classifier and model.config.n_labels == 2
+    assert not model.config.mlm_head and not model.config.rtd_head and not model.config.nsp_head
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(train)]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1.0

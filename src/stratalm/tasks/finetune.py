@@ -40,7 +40,7 @@ LAST = "last"  # DIR/last: the training checkpoint to resume from
 OUTPUT_FILES = (RUN_CONFIG, METRICS, TASK_FILE, "config.json", "model.safetensors", "tokenizer.json",
                 ADAPTER_WEIGHTS, ADAPTER_CONFIG, LAST, PENDING)
 # Settings a resumed run may change; every other one must match the saved run.
-MAY_CHANGE = ("epochs", "max_steps", "eval_every", "save_every", "log_every", "eval_batch_size", "device", "progress", "dev")
+MAY_CHANGE = ("epochs", "max_steps", "eval_every", "save_every", "log_every", "eval_batch_size", "device", "progress")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,12 @@ class FinetuneConfig:
         if not self.lora_rank:
             return None
         return LoraConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, LoraConfig.parse_targets(self.lora_targets))
+
+
+def usable_length(config) -> int:
+    """The longest input the position table allows: RoBERTa's positions start after the padding
+    index, so 514 rows hold 512 tokens."""
+    return config.max_seq_len - (config.pad_token_id + 1 if config.padding_positions else 0)
 
 
 def _check_settings(cfg: FinetuneConfig) -> None:
@@ -141,7 +147,7 @@ class FineTuner:
             train = train[:cfg.max_train_examples]
         self.task.learn(train)
         self.dev = self.task.read(cfg.dev) if cfg.dev else None
-        self.max_length = min(cfg.max_length, base.config.max_seq_len)
+        self.max_length = min(cfg.max_length, usable_length(base.config))
         self.features = self.task.encode(train, tokenizer, self.max_length)
         self.dev_features = self.task.encode(self.dev, tokenizer, self.max_length) if self.dev else None
         if not self.features:
