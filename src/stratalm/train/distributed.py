@@ -34,6 +34,19 @@ class Distributed:
             value /= self.world_size
         return value
 
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        """Average every gradient over all processes (in one flat buffer per dtype)."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        for dtype in {g.dtype for g in grads}:
+            group = [g for g in grads if g.dtype == dtype]
+            flat = torch.cat([g.reshape(-1) for g in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            offset = 0
+            for g in group:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             value = value.clone()

@@ -182,7 +182,7 @@ class Trainer:
                 share = self._share_of_scored(targets["labels"])
                 inputs = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in inputs.items()}
                 targets = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in targets.items()}
-                last = micro == self.cfg.grad_accum - 1 and index == len(parts) - 1
+                last = micro == self.cfg.grad_accum - 1 and index == len(parts) - 1 and len(parts) == 1
                 sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward_model.no_sync()
                 with sync:
                     with self.autocast():
@@ -190,6 +190,11 @@ class Trainer:
                         loss = loss * (share * weight)
                     (loss / self.cfg.grad_accum).backward()
                 total += loss.detach()
+        if self.dist.enabled and len(parts) > 1:
+            # A mixture's components each leave some parameters idle (simcse never uses the MLM head),
+            # which DDP's own hooks cannot handle: every component ran under no_sync, and the
+            # accumulated gradients are averaged here instead.
+            self.dist.average_gradients(self.model)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()

@@ -1,0 +1,136 @@
+"""SimCSE: views, augmentations, the in-batch loss, supervised pairs, DDP gathering, mixtures."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_cli
+from stratalm.data import TokenData
+from stratalm.errors import ConfigError, DataError
+from stratalm.objectives import ContrastiveConfig, Mixture, get_objective
+
+
+@pytest.fixture(scope="module")
+def tokenizer(pydoc_bpe):
+    return TokenData(str(pydoc_bpe)).tokenizer()
+
+
+def windows(pydoc_bpe, n=64, width=62):
+    data = TokenData(str(pydoc_bpe))
+    return torch.from_numpy(data.read(0, n * width).astype("int64")).view(n, width)
+
+
+def test_unsupervised_views_are_the_same_text_twice(pydoc_bpe, tokenizer):
+    objective = get_objective("simcse", tokenizer)
+    inputs, targets = objective.prepare(windows(pydoc_bpe), torch.Generator().manual_seed(0))
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    assert ids.shape == (64, 2, 64) and torch.equal(ids[:, 0], ids[:, 1]) and torch.equal(targets["labels"], torch.arange(64))
+    assert ids[:, :, 0].eq(tokenizer.cls_id).all()
+    lengths = mask.sum(-1)
+    assert ids.gather(2, (lengths - 1).unsqueeze(-1)).eq(tokenizer.sep_id).all()
+    assert not (ids == tokenizer.eos_id).any()  # a view never crosses a document boundary
+
+
+def test_augmentations_delete_words_replace_tokens_and_reorder_sentences(pydoc_bpe, tokenizer):
+    rng = torch.Generator().manual_seed(0)
+    rows = windows(pydoc_bpe, 400).tolist()
+    replace = get_objective("simcse", tokenizer, ContrastiveConfig(augment="replace", augment_rate=0.1))
+    changed = [sum(a != b for a, b in zip(row, replace._augmented(row, rng))) / len(row) for row in rows]
+    assert abs(sum(changed) / len(changed) - 0.1) < 0.01  # a few collide with the original token by chance
+
+    delete = get_objective("simcse", tokenizer, ContrastiveConfig(augment="delete", augment_rate=0.2))
+    starts = delete.starts_word
+    kept_share = []
+    def split_words(tokens):
+        words = [[]]
+        for token in tokens:
+            if starts[token] and words[-1]:
+                words.append([])
+            words[-1].append(token)
+        return [tuple(w) for w in words]
+
+    for row in rows:
+        kept = delete._augmented(row, rng)
+        remaining = iter(split_words(row))
+        assert all(word in remaining for word in split_words(kept))  # whole words of the row, in order
+        kept_share.append(len(kept) / len(row))
+    assert 0.72 < sum(kept_share) / len(kept_share) < 0.88  # about 80% of the words survive
+
+    reorder = get_objective("simcse", tokenizer, ContrastiveConfig(augment="reorder"))
+    moved = 0
+    for row in rows:
+        out = reorder._augmented(row, rng)
+        assert sorted(out) == sorted(row)
+        if out != row:
+            moved += 1
+            cuts = [c for c in range(1, len(row)) if row[c - 1] in reorder.sentence_ends]
+            assert any(out == row[c:] + row[:c] for c in cuts)  # the text swapped around a sentence end
+    assert moved > 100
+    with pytest.raises(ConfigError, match="augment must be among"):
+        get_objective("simcse", tokenizer, ContrastiveConfig(augment="shuffle"))
+
+
+def test_loss_is_cross_entropy_over_cosines_with_in_batch_negatives(tokenizer):
+    objective = get_objective("simcse", tokenizer)
+    hidden = torch.randn(8, 5, 16)  # 4 texts x 2 views
+    mask = torch.ones(8, 5, dtype=torch.long)
+    output = type("O", (), {"last_hidden_state": hidden, "pooled": None})()
+    loss, metrics = objective.loss(output, {"labels": torch.arange(4), "attention_mask": mask, "views": torch.tensor(2)})
+    z = F.normalize(hidden.mean(1), dim=-1).view(4, 2, 16)
+    expected = F.cross_entropy(z[:, 0] @ z[:, 1].T / 0.05, torch.arange(4))
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_supervised_pairs_with_hard_negatives(tmp_path, tokenizer):
+    rows = [{"sent0": f"the cat number {i} sat", "sent1": f"a cat {i} was sitting", "hard_neg": f"no dog {i} stood"}
+            for i in range(20)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    objective = get_objective("simcse", tokenizer, ContrastiveConfig(pairs=str(path)))
+    inputs, targets = objective.prepare(torch.zeros(6, 30, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert inputs["input_ids"].shape == (6, 3, 32)
+    texts = [[tokenizer.decode(v.tolist()) for v in row] for row in inputs["input_ids"]]
+    for anchor, positive, negative in texts:
+        number = anchor.split()[3]
+        assert positive.split()[2] == number and negative.split()[2] == number
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("first\tsecond\na\tb\n")
+    with pytest.raises(DataError, match="has no column 'sent0'; its columns are: first, second"):
+        get_objective("simcse", tokenizer, ContrastiveConfig(pairs=str(tsv)))
+
+
+def test_mixtures_parse_weights_and_refuse_bad_ones(tokenizer):
+    mixture = get_objective("mlm+simcse:0.1", tokenizer)
+    assert isinstance(mixture, Mixture) and [w for _, w in mixture.components] == [1.0, 0.1]
+    assert mixture.extra_tokens == -2 and set(mixture.heads) == {"mlm_head"}
+    with pytest.raises(ConfigError, match="is not a number"):
+        get_objective("mlm+simcse:lots", tokenizer)
+    with pytest.raises(ConfigError, match="unknown objective 'dance'"):
+        get_objective("mlm+dance", tokenizer)
+
+
+def test_two_processes_gather_the_candidates_of_both(tmp_path):
+    """Under DDP each process scores its rows against the positives of every process, so the loss is
+    the one-process loss on the whole batch (compared at the first step, before the updates)."""
+    from conftest import pydoc_texts
+    from stratalm.data import prepare
+
+    (tmp_path / "t.txt").write_text("\n".join(pydoc_texts(6)))
+    prepare([str(tmp_path / "t.txt")], str(tmp_path / "data"), tokenizer="char", progress=False)
+    common = ["--data", str(tmp_path / "data"), "--max-steps", "2", "--model", "bert", "--objective", "mlm+simcse:0.5",
+              "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=32",
+              "model.dropout=0", "model.attention_dropout=0", "train.batch_size=8", "train.log_every=1",
+              "train.eval_every=0", "train.progress=false"]
+    assert run_cli("pretrain", "--out", tmp_path / "one", *common).returncode == 0
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "stratalm", "pretrain", "--out", str(tmp_path / "two"), *common],
+        capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-2000:]
+    first = [[json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")][0]["loss"] for name in ("one", "two")]
+    assert abs(first[0] - first[1]) < 1e-5, first
