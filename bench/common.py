@@ -215,7 +215,7 @@ def memory_child(script: str, system: str, config: str, workdir: str, flags: lis
 
 
 def _measure_memory(case: Case, args: argparse.Namespace) -> dict[str, Any]:
-    """Child mode: build one system, run it as the timing does (warmup + one call), report peaks."""
+    """Child mode: build one system, run it twice as the timing does, report its peak RSS."""
     (config,) = chosen_configs(case, args).values()
     baseline = rss_mb()
     runner = case.build(args.memory_of, config, args.workdir, args)
