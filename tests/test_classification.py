@@ -49,6 +49,10 @@ def test_single_sentences_learned_then_evaluated_and_predicted(tmp_path, capsys)
     gold = [int(line.split("\t")[1]) for line in dev.read_text().splitlines()[1:]]
     assert len(lines) == 100 and all(set(p) == {"label", "score"} for p in lines)
     assert sum(p["label"] == g for p, g in zip(lines, gold)) >= 95
+    unlabelled = tmp_path / "test.tsv"
+    unlabelled.write_text("sentence\nthe good film\na bad movie\n")
+    assert main(["predict", "--model", str(out), "--data", str(unlabelled)]) == 0
+    assert [json.loads(x)["label"] for x in capsys.readouterr().out.splitlines()] == [1, 0]
     metrics_lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("val_accuracy" in r and "val_loss" in r for r in metrics_lines)  # `stratalm plot` draws these
 
@@ -124,10 +128,10 @@ def test_real_minilm_weights_fine_tune_as_a_classifier(tmp_path, capsys):
         pytest.skip(f"{sst2} is absent (real data lives in ../shared/data)")
     folder = os.path.join(os.path.dirname(spec.origin), "model")
     dev = tmp_path / "dev.tsv"
-    dev.write_text("\n".join((sst2 / "dev.tsv").read_text(encoding="utf-8").splitlines()[:65]) + "\n", encoding="utf-8")
+    dev.write_text("\n".join((sst2 / "dev.tsv").read_text(encoding="utf-8").splitlines()[:33]) + "\n", encoding="utf-8")
     out = tmp_path / "run"
     assert main(["finetune", "--task", "classification", "--model", folder, "--train", str(sst2 / "train.tsv"),
-                 "--dev", str(dev), "--out", str(out), "--max-train-examples", "96", "--max-steps", "6",
+                 "--dev", str(dev), "--out", str(out), "--max-train-examples", "64", "--max-steps", "4",
                  "--batch-size", "16", "--max-length", "48", "--lr", "5e-5", "--quiet"]) == 0
     task = json.loads((out / "task.json").read_text())
     # 22.7M MiniLM weights + its pretrained pooler + a new 384 x 2 classifier, all trainable
