@@ -276,3 +276,19 @@ def test_qa_model_exports_to_transformers_question_answering(tmp_path):
     assert (ours[..., 0] - out.start_logits).abs().max() < 1e-5 and (ours[..., 1] - out.end_logits).abs().max() < 1e-5
     again = stratalm.load(str(tmp_path / "hf"))
     assert again.config.qa_head and not again.config.pooler
+
+
+def test_qa_refuses_decoders_and_unanswered_training_questions(tmp_path):
+    from stratalm.errors import ConfigError
+    from stratalm.families import preset
+    from stratalm.tasks.qa import QATask
+
+    with pytest.raises(ConfigError, match="the qa task needs an encoder .*; this model is a gpt2 decoder"):
+        QATask().check_model(preset("tiny"))
+    unanswered = tmp_path / "unanswered.jsonl"
+    unanswered.write_text(json.dumps({"id": "q7", "question": "Why?", "context": "Because."}) + "\n")
+    with pytest.raises(DataError, match="question 'q7' .* has no answer"):
+        QATask().read(str(unanswered))
+    assert QATask().read(str(unanswered), labelled=False)[0]["id"] == "q7"  # predicting needs no answers
+    with pytest.raises(DataError, match="--language must be one of en, zh, auto"):
+        QATask({"language": "fr"}).read(str(unanswered), labelled=False)

@@ -91,7 +91,7 @@ def read_squad(path: str) -> list[QAExample]:
         document = json.loads(text)
     except json.JSONDecodeError:
         document = None
-    if isinstance(document, dict):
+    if isinstance(document, dict) and "context" not in document:  # (a one-line JSONL file parses as JSON too)
         if not isinstance(document.get("data"), list):
             raise DataError(f"'{path}' is JSON without a 'data' list; give SQuAD v1.1 JSON (data[].paragraphs[].qas[]).")
         for article in document["data"]:
