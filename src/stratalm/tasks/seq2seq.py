@@ -92,8 +92,10 @@ def read_pairs(path: str, source_column: Optional[str], target_column: Optional[
 
 def bleu_and_chrf(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     """Corpus BLEU (sacrebleu's 13a tokenisation; its Chinese one for Chinese targets) and chrF."""
-    import sacrebleu
-
+    try:
+        import sacrebleu
+    except ImportError:
+        raise ConfigError("BLEU and chrF need sacrebleu; install it with pip install 'stratalm[tasks]'.") from None
     from .squad import is_chinese
 
     tokenize = "zh" if is_chinese(references[:200]) else "13a"
