@@ -6,6 +6,11 @@ question, overlapping by `doc_stride` tokens so every answer lies whole inside s
 head gives every token a start and an end score; the answer is the best-scoring span (start +
 end) over all windows, mapped back to characters of the original context through the fast
 tokenizer's offsets.
+
+The fine-tuned model is the family's ...ForQuestionAnswering (the encoder without its pooler, and
+a `qa_outputs` layer) and exports to Hugging Face as such. Training windows that do not hold the
+answer point at [CLS]. Scores are SQuAD's exact match and F1 (squad.py), by characters for
+Chinese (`--language zh`, or auto-detected).
 """
 from __future__ import annotations
 
