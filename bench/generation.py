@@ -66,7 +66,8 @@ def build(system: str, config: dict[str, Any], workdir: str, args: argparse.Name
             out = model.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False, use_cache=True)
             last["tokens"] = out[:, ids.shape[1]:]
 
-    return Runner(run=run, units=config["batch"] * n_new, warmup=2, outputs=last)
+    info = {} if system == "stratalm" else {"attn_implementation": model.config._attn_implementation}
+    return Runner(run=run, units=config["batch"] * n_new, warmup=2, info=info, outputs=last)
 
 
 def check(config: dict[str, Any], runners: dict[str, Runner], args: argparse.Namespace) -> dict[str, Any]:

@@ -50,8 +50,9 @@ def _number(value: Optional[float]) -> str:
 
 def _machine_line(machine: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {machine[k]}" for k in ("transformers", "sentence_transformers", "tokenizers") if machine.get(k))
+    load = f", load average {machine['load_average_1m']} at the start" if machine.get("load_average_1m") is not None else ""
     return (f"{machine['date']} on {machine['cpu']} ({machine['cores']} cores, torch using {machine['torch_threads']} "
-            f"threads); torch {machine['torch']}, Python {machine['python']}; {versions}")
+            f"threads{load}); torch {machine['torch']}, Python {machine['python']}; {versions}")
 
 
 def render(results: dict[str, Any]) -> str:
@@ -73,6 +74,13 @@ def render(results: dict[str, Any]) -> str:
         flags = " (quick: fewer repeats)" if result.get("quick") else ""
         lines.append(f"- **{result['case']}**: {_machine_line(result['machine'])}; "
                      f"{result['rounds']} alternating rounds{flags}, {result['wall_s']} s")
+    caveats = []
+    if any(r["machine"]["torch_threads"] < (r["machine"]["cores"] or 1) for r in cases):
+        caveats.append("some cases ran with fewer torch threads than the machine has cores, so their absolute "
+                       "figures are below the machine's full speed (the ratios still compare like with like)")
+    if any(r.get("quick") for r in cases):
+        caveats.append("quick runs use fewer rounds and repeats, so their medians are noisier")
+    lines += [f"\nNote: {'; '.join(caveats)}."] if caveats else []
     lines += [
         "",
         "## Figures",
