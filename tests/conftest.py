@@ -60,6 +60,24 @@ def pydoc_bpe(tmp_path_factory):
     return folder / "data"
 
 
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/data, or a skip that says it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real data sets live in ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare_char(tmp_path_factory) -> Path:
+    """Tiny Shakespeare, character level, with 100 sentinel tokens (for span corruption too)."""
+    from stratalm.data import prepare
+
+    out = tmp_path_factory.mktemp("shakespeare") / "char"
+    prepare([str(shared_file("tinyshakespeare", "input.txt"))], str(out), tokenizer="char", sentinels=100, progress=False)
+    return out
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m stratalm ARGS` as a user would; returns the finished process."""
     return subprocess.run(

@@ -11,7 +11,8 @@ import stratalm
 from stratalm.errors import ConfigError, DataError
 from stratalm.families import FAMILIES, preset
 from stratalm.models import build_model
-from stratalm.tasks.seq2seq import Seq2SeqTask, bleu_and_chrf, read_pairs, t5_init
+from stratalm.models.seq2seq import t5_init
+from stratalm.tasks.seq2seq import Seq2SeqTask, bleu_and_chrf, read_pairs
 from stratalm.tokenize import train_bpe
 
 from conftest import SHARED_DATA, run_cli

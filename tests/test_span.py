@@ -64,17 +64,20 @@ def test_corruption_follows_the_recipe_and_reconstructs_exactly(pydoc_sentinels)
     assert inputs["decoder_input_ids"][:, 0].eq(0).all()  # the decoder starts from pad, as in T5
 
 
-def test_span_learns(pydoc_sentinels, tmp_path):
+def test_span_corruption_loss_halves(shakespeare_char, tmp_path):
+    """T5's own initialisation (unit embeddings, fan-in scaled projections) matters here: with
+    GPT-2's N(0, 0.02) the same run ends near 5.45 on BPE text instead of halving."""
     out = tmp_path / "run"
-    result = run_cli("pretrain", "--data", pydoc_sentinels, "--out", out, "--model", "t5", "--objective", "span",
-                     "--max-steps", "200", "model.n_layers=2", "model.d_model=128", "model.n_heads=4", "model.head_dim=32",
+    result = run_cli("pretrain", "--data", shakespeare_char, "--out", out, "--model", "t5", "--objective", "span",
+                     "--max-steps", "350", "model.n_layers=2", "model.d_model=128", "model.n_heads=4", "model.head_dim=32",
                      "model.d_ff=512", "model.max_seq_len=128", "model.dropout=0", "train.batch_size=32", "train.lr=3e-3",
-                     "train.warmup_steps=30", "train.eval_every=0", "train.log_every=1", "train.progress=false")
+                     "train.warmup_steps=30", "train.eval_every=0", "train.eval_windows=256", "train.log_every=1",
+                     "train.progress=false")
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     first, final = records[0]["loss"], [r for r in records if "val_loss" in r][-1]
-    assert first > 7.0  # about ln(vocabulary) at the start
-    assert final["val_loss"] < first - 2.0 and final["val_token_accuracy"] > 0.12
+    assert first > 5.0  # about ln(72 characters + 100 sentinels) at the start
+    assert final["val_loss"] < first / 2 and final["val_token_accuracy"] > 0.3, (first, final)
 
 
 def test_span_refuses_decoders_and_tokenizers_without_sentinels(pydoc_sentinels, tmp_path):

@@ -69,6 +69,7 @@ class ModelConfig:
     classifier: str = setting("pooled", "classification head: pooled (a linear layer on the pooler, BERT/ALBERT) or dense (dense + activation + linear on the first token, RoBERTa/ELECTRA)")
     init_std: float = setting(0.02, "standard deviation of the initial weights")
     scale_residual_init: bool = setting(True, "shrink output projections' init by 1/sqrt(2 n_layers) (GPT-2)")
+    init_scheme: str = setting("normal", "initial weights: normal (N(0, init_std), GPT-2/BERT) or t5 (unit embeddings, fan-in scaled projections, as T5)")
 
     def __post_init__(self) -> None:
         checks = [
@@ -80,6 +81,7 @@ class ModelConfig:
             (0 <= self.share_layers <= self.n_layers, "share_layers must be between 0 and n_layers"),
             (not self.nsp_head or self.pooler, "nsp_head needs the pooler"),
             (self.classifier in ("pooled", "dense"), "classifier must be pooled or dense"),
+            (self.init_scheme in ("normal", "t5"), "init_scheme must be normal or t5"),
             (not (self.n_labels and self.classifier == "pooled") or self.pooler, "a pooled classifier needs the pooler"),
             (not (self.n_labels and self.n_token_labels), "a model has a sequence classifier or a token classifier, not both"),
             (min(self.vocab_size, self.max_seq_len, self.n_layers, self.d_model, self.n_heads, self.d_ff) > 0,

@@ -94,14 +94,18 @@ class RandomWindows:
 
 def sequential_windows(
     data: TokenData, split: str, window: int, stride: int, batch_size: int,
-    max_windows: Optional[int] = None, part: int = 0, parts: int = 1,
+    max_windows: Optional[int] = None, part: int = 0, parts: int = 1, interleave: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Every window [s, s + window) with s stepping by `stride` over a split, in batches: with
     stride = window - 1 a causal model predicts each token of the split exactly once.
     `part` of `parts` takes every parts-th window, so processes can share the work. Yields
-    (windows, their offsets)."""
+    (windows, their offsets). `interleave` puts windows from all over the split in each batch
+    (batch k holds windows k, k + n/batches, ...), so a batch spans many documents."""
     start, end = data.split(split)
     offsets = list(range(start, end - window + 1, stride))[:max_windows or None][part::parts]
+    if interleave:
+        batches = -(-len(offsets) // batch_size)
+        offsets = [o for k in range(batches) for o in offsets[k::batches]]
     for i in range(0, len(offsets), batch_size):
         chosen = offsets[i:i + batch_size]
         rows = [data.read(o, window) for o in chosen]

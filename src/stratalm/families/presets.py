@@ -41,6 +41,7 @@ T5_STYLE: dict[str, Any] = dict(
     family="t5", stack="encoder-decoder", position="relative_buckets", attention_scale=1.0, norm="rmsnorm",
     norm_eps=1e-6, norm_position="pre", attention_bias=False, mlp_bias=False, activation="relu", gated=False,
     tie_embeddings=True, lm_head_scale=True, dropout=0.1, scale_residual_init=False, vocab_size=32128, max_seq_len=512,
+    init_scheme="t5",
 )
 
 

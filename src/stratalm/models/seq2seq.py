@@ -32,6 +32,8 @@ class EncoderDecoderModel(nn.Module):
         self.decoder.tok_embed = self.encoder.tok_embed  # one table for both sides
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         init_weights(self, config)
+        if config.init_scheme == "t5":
+            t5_init(self)
         if config.tie_embeddings:
             self.lm_head.weight = self.encoder.tok_embed.weight
         self.tokenizer = None
@@ -74,3 +76,27 @@ class EncoderDecoderModel(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self)
+
+
+def t5_init(model: nn.Module) -> None:
+    """Re-draw a from-scratch T5 with T5's own initialisation, as `transformers` does: unit-variance
+    embeddings (the tied head scales its input by d_model^-0.5) and each projection scaled by its
+    fan-in. T5's attention has no 1/sqrt(d) factor, so the generic N(0, 0.02) start leaves every
+    attention nearly uniform and a small model barely learns to read its source."""
+    c = model.config
+    inner = c.n_heads * c.dim_per_head
+    fan_in = {"attn.out.weight": inner, "cross_attn.out.weight": inner, "cross_attn.q.weight": c.d_model * c.dim_per_head,
+              "cross_attn.kv.weight": c.d_model, "ff.up.weight": c.d_model, "ff.down.weight": c.d_ff,
+              "rel_bias.weight": c.d_model}
+    with torch.no_grad():
+        model.encoder.tok_embed.weight.normal_(0.0, 1.0)
+        if not c.tie_embeddings:
+            model.lm_head.weight.normal_(0.0, 1.0)
+        for name, param in model.named_parameters():
+            if name.endswith(".attn.qkv.weight"):  # rows: queries, then keys and values
+                param[:inner].normal_(0.0, (c.d_model * c.dim_per_head) ** -0.5)
+                param[inner:].normal_(0.0, c.d_model ** -0.5)
+                continue
+            suffix = next((s for s in fan_in if name.endswith("." + s)), None)
+            if suffix is not None:
+                param.normal_(0.0, fan_in[suffix] ** -0.5)

@@ -5,9 +5,15 @@
 - sentence-order prediction (ALBERT, Lan et al. 2020): A and B are consecutive segments of one
   document, swapped half of the time (label 1 = swapped).
 
+As in both papers, segments are runs of whole sentences: a piece of text is trimmed to its first
+and last sentence end and cut at a sentence end between them (tokens that end in . ! ? or hold a
+line break mark sentence ends). Without that, a cut inside a word or sentence would hand the model
+a shortcut (the segment that starts mid-word is the swapped one). A piece with fewer than two
+whole sentences is cut at a uniformly random token instead.
+
 `mlm+nsp` / `mlm+sop` add BERT masking of the same inputs, and the two losses are summed. A window
 of the token stream is cut at its end-of-document tokens, so a pair never crosses a document
-boundary; the piece is split at a uniformly random point.
+boundary.
 """
 from __future__ import annotations
 
@@ -49,6 +55,32 @@ def first_piece(row: list[int], boundary: Optional[int]) -> tuple[list[int], int
     return cut[1], 1
 
 
+def sentence_end_ids(tokenizer: Tokenizer) -> set[int]:
+    """Tokens that end a sentence: their text ends in . ! or ? (with any trailing spaces), or holds a
+    line break (byte-level BPE writes it as "Ċ")."""
+    vocab = tokenizer.backend.get_vocab(with_added_tokens=False)
+    return {i for token, i in vocab.items()
+            if token.rstrip().endswith((".", "!", "?")) or "\n" in token or "Ċ" in token}
+
+
+def sentence_split(piece: list[int], ends: set[int], rng: torch.Generator) -> tuple[list[int], list[int]]:
+    """Two consecutive runs of whole sentences from `piece`, or a random cut when it has too few."""
+    bounds = [i for i in range(1, len(piece)) if piece[i - 1] in ends]
+    if len(bounds) >= 3:
+        cut = bounds[1 + int(torch.randint(len(bounds) - 2, (1,), generator=rng))]
+        return piece[bounds[0]:cut], piece[cut:bounds[-1]]
+    cut = int(torch.randint(1, len(piece), (1,), generator=rng))
+    return piece[:cut], piece[cut:]
+
+
+def sentence_start(piece: list[int], ends: set[int]) -> list[int]:
+    """`piece` from its first sentence start (after the first sentence end), when it has one."""
+    for i in range(1, len(piece)):
+        if piece[i - 1] in ends and i < len(piece) - 1:
+            return piece[i:]
+    return piece
+
+
 class SentencePairObjective(Objective):
     extra_tokens = -3  # [CLS] A [SEP] B [SEP]
 
@@ -57,6 +89,7 @@ class SentencePairObjective(Objective):
         self.tokenizer, self.kind = tokenizer, kind
         self.needs_documents = kind == "nsp"
         self.masker = Masker(tokenizer, options or MaskingConfig()) if with_mlm else None
+        self.sentence_ends = sentence_end_ids(tokenizer)
         self.heads = ("pooler", "nsp_head", "mlm_head") if with_mlm else ("pooler", "nsp_head")
         for role in ("cls", "sep", "pad"):
             if getattr(tokenizer, f"{role}_id") is None:
@@ -82,8 +115,7 @@ class SentencePairObjective(Objective):
         piece = longest_piece(rows[r], self.tokenizer.eos_id) if self.kind == "sop" else firsts[r][0]
         if len(piece) < 2:
             piece = rows[r][:2]  # a window of end-of-document tokens only: degenerate but valid
-        cut = int(torch.randint(1, len(piece), (1,), generator=rng))
-        first, second = piece[:cut], piece[cut:]
+        first, second = sentence_split(piece, self.sentence_ends, rng)
         if self.kind == "sop":
             return (second, first, 1) if flip else (first, second, 0)
         if not flip:
@@ -93,7 +125,7 @@ class SentencePairObjective(Objective):
         if not others:
             return first, second, 0  # every row of the batch is one document: keep the true next
         other = firsts[others[int(torch.randint(len(others), (1,), generator=rng))]][0]
-        return first, other[:len(second)], 1
+        return first, sentence_start(other, self.sentence_ends)[:len(second)], 1
 
     def prepare(self, windows: torch.Tensor, rng: torch.Generator, documents=None):
         tok = self.tokenizer

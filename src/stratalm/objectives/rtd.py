@@ -10,7 +10,6 @@ its embeddings (models/replaced_token.py).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 

@@ -103,30 +103,6 @@ def bleu_and_chrf(hypotheses: list[str], references: list[str]) -> dict[str, flo
             "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
 
 
-def t5_init(model: nn.Module) -> None:
-    """Re-draw a from-scratch T5 with T5's own initialisation, as `transformers` does: unit-variance
-    embeddings (the tied head scales its input by d_model^-0.5) and each projection scaled by its
-    fan-in. T5's attention has no 1/sqrt(d) factor, so the generic N(0, 0.02) start leaves every
-    attention nearly uniform and a small model barely learns to read its source."""
-    c = model.config
-    inner = c.n_heads * c.dim_per_head
-    fan_in = {"attn.out.weight": inner, "cross_attn.out.weight": inner, "cross_attn.q.weight": c.d_model * c.dim_per_head,
-              "cross_attn.kv.weight": c.d_model, "ff.up.weight": c.d_model, "ff.down.weight": c.d_ff,
-              "rel_bias.weight": c.d_model}
-    with torch.no_grad():
-        model.encoder.tok_embed.weight.normal_(0.0, 1.0)
-        if not c.tie_embeddings:
-            model.lm_head.weight.normal_(0.0, 1.0)
-        for name, param in model.named_parameters():
-            if name.endswith(".attn.qkv.weight"):  # rows: queries, then keys and values
-                param[:inner].normal_(0.0, (c.d_model * c.dim_per_head) ** -0.5)
-                param[inner:].normal_(0.0, c.d_model ** -0.5)
-                continue
-            suffix = next((s for s in fan_in if name.endswith("." + s)), None)
-            if suffix is not None:
-                param.normal_(0.0, fan_in[suffix] ** -0.5)
-
-
 class Seq2SeqTask(Task):
     name = "seq2seq"
     main_metric = "bleu"
@@ -173,9 +149,7 @@ class Seq2SeqTask(Task):
         tokenizer = train_bpe(iter(texts), size, show_progress=False)
         config = preset(path, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id or 0,
                         decoder_start_token_id=tokenizer.pad_id or 0)
-        model = build_model(config)
-        if config.family == "t5":
-            t5_init(model)
+        model = build_model(config)  # a T5 preset starts with T5's own initialisation (models/seq2seq.py)
         model.tokenizer = tokenizer
         return model
 

@@ -233,7 +233,8 @@ class Trainer:
         rng = torch.Generator().manual_seed(0)  # the same masks at every evaluation
         stride = self.window - self.objective.overlap
         for windows, offsets in sequential_windows(self.data, "validation", self.window, stride, self.cfg.eval_batch_size,
-                                                   self.cfg.eval_windows or None, self.dist.rank, self.dist.world_size):
+                                                   self.cfg.eval_windows or None, self.dist.rank, self.dist.world_size,
+                                                   interleave=self.objective.needs_documents):
             inputs, targets = self.objective.prepare(windows, rng, self._documents(offsets))
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             targets = {k: v.to(self.device) for k, v in targets.items()}
