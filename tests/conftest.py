@@ -86,6 +86,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict |
     )
 
 
+def run_two_processes(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m stratalm ARGS` (gloo on CPU); returns the finished launcher."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "stratalm",
+         *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def small_char_corpus(folder: Path) -> Path:
+    """A prepared character-level folder of six documentation topics (about 30k characters)."""
+    from stratalm.data import prepare
+
+    (folder / "t.txt").write_text("\n".join(pydoc_texts(6)))
+    prepare([str(folder / "t.txt")], str(folder / "data"), tokenizer="char", progress=False)
+    return folder / "data"
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli
+from conftest import run_cli, run_two_processes, small_char_corpus
 from stratalm.data import TokenData
 from stratalm.errors import ConfigError, DataError
 from stratalm.objectives import ContrastiveConfig, Mixture, get_objective
@@ -117,20 +115,12 @@ def test_mixtures_parse_weights_and_refuse_bad_ones(tokenizer):
 def test_two_processes_gather_the_candidates_of_both(tmp_path):
     """Under DDP each process scores its rows against the positives of every process, so the loss is
     the one-process loss on the whole batch (compared at the first step, before the updates)."""
-    from conftest import pydoc_texts
-    from stratalm.data import prepare
-
-    (tmp_path / "t.txt").write_text("\n".join(pydoc_texts(6)))
-    prepare([str(tmp_path / "t.txt")], str(tmp_path / "data"), tokenizer="char", progress=False)
-    common = ["--data", str(tmp_path / "data"), "--max-steps", "2", "--model", "bert", "--objective", "mlm+simcse:0.5",
+    common = ["--data", str(small_char_corpus(tmp_path)), "--max-steps", "2", "--model", "bert", "--objective", "mlm+simcse:0.5",
               "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=32",
               "model.dropout=0", "model.attention_dropout=0", "train.batch_size=8", "train.log_every=1",
               "train.eval_every=0", "train.progress=false"]
     assert run_cli("pretrain", "--out", tmp_path / "one", *common).returncode == 0
-    double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "stratalm", "pretrain", "--out", str(tmp_path / "two"), *common],
-        capture_output=True, text=True, timeout=300)
+    double = run_two_processes("pretrain", "--out", tmp_path / "two", *common)
     assert double.returncode == 0, double.stderr[-2000:]
     first = [[json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")][0]["loss"] for name in ("one", "two")]
     assert abs(first[0] - first[1]) < 1e-5, first
@@ -175,3 +165,12 @@ def test_unsupervised_simcse_pulls_paraphrases_together(tmp_path):
     fresh_gap, _ = gap(fresh)
     trained_gap, closer = gap(trained)
     assert fresh_gap < 0.1 and trained_gap > 0.3 and closer > 0.95, (fresh_gap, trained_gap, closer)  # measured 0.03, 0.59
+
+
+def test_simcse_refuses_models_that_are_not_encoders(tokenizer):
+    from stratalm.families import preset
+
+    with pytest.raises(ConfigError, match="trains sentence encoders; 'gpt2' is a decoder model"):
+        get_objective("simcse", tokenizer).check(preset("tiny"), None)
+    with pytest.raises(ConfigError, match="needs an encoder with an MLM head"):
+        get_objective("mlm+simcse:0.1", tokenizer).check(preset("t5"), None)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import run_cli, run_two_processes, small_char_corpus
 from stratalm.errors import ConfigError, OutputExistsError
 from stratalm.train import pretrain
 from stratalm.train.config import build_run_config
@@ -121,10 +121,7 @@ def test_two_processes_match_one_with_the_same_global_batch(char_data, tmp_path)
               "train.eval_every=0", "train.progress=false"]
     single = run_cli("pretrain", "--out", tmp_path / "one", *common)
     assert single.returncode == 0, single.stderr
-    double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "stratalm", "pretrain", "--out", str(tmp_path / "two"), *common],
-        capture_output=True, text=True, timeout=300)
+    double = run_two_processes("pretrain", "--out", tmp_path / "two", *common)
     assert double.returncode == 0, double.stderr[-2000:]
     assert "2 processes" in double.stdout
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
@@ -188,20 +185,12 @@ def test_gradient_accumulation_matches_one_big_batch(char_data, tmp_path):
 
 def test_two_processes_match_one_with_masking(tmp_path):
     """With a random objective (mlm), every process masks the same global batch as one process would."""
-    from stratalm.data import prepare
-    from conftest import pydoc_texts
-
-    (tmp_path / "t.txt").write_text("\n".join(pydoc_texts(6)))
-    prepare([str(tmp_path / "t.txt")], str(tmp_path / "data"), tokenizer="char", progress=False)
-    common = ["--data", str(tmp_path / "data"), "--max-steps", "6", "--model", "bert", "--objective", "mlm",
+    common = ["--data", str(small_char_corpus(tmp_path)), "--max-steps", "6", "--model", "bert", "--objective", "mlm",
               "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=32",
               "model.dropout=0", "model.attention_dropout=0", "train.batch_size=8", "train.log_every=1",
               "train.eval_every=0", "train.progress=false"]
     assert run_cli("pretrain", "--out", tmp_path / "one", *common).returncode == 0
-    double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "stratalm", "pretrain", "--out", str(tmp_path / "two"), *common],
-        capture_output=True, text=True, timeout=300)
+    double = run_two_processes("pretrain", "--out", tmp_path / "two", *common)
     assert double.returncode == 0, double.stderr[-2000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == 6 and max(abs(a - b) for a, b in zip(one, two)) < 1e-5

@@ -27,7 +27,7 @@ from ..io import PENDING, recover
 from ..train.config import TrainConfig
 from ..train.distributed import Distributed
 from ..train.optim import learning_rate, make_optimizer
-from ..train.run_folder import METRICS, RUN_CONFIG, MetricsLog
+from ..train.run_folder import METRICS, RUN_CONFIG, MetricsLog, folder_to_continue
 from ..train.state import decode_rng, encode_rng, has_checkpoint, load_training_checkpoint, save_training_checkpoint
 from ..train.trainer import resolve_device
 from . import task_class
@@ -104,19 +104,9 @@ def _check_settings(cfg: FinetuneConfig) -> None:
 def _check_out_folder(cfg: FinetuneConfig, resume: bool, overwrite: bool) -> bool:
     """Decide what to do with DIR before anything is written; True = resume from DIR/last."""
     out = cfg.out
-    if not os.path.exists(out) or not os.listdir(out):
+    if not folder_to_continue(out, resume, overwrite, "fine-tuning run"):
         return False
-    if not os.path.isdir(out):
-        raise OutputExistsError(f"'{out}' is a file, not a folder; choose another --out.")
-    if overwrite:
-        return False
-    if not resume:
-        raise OutputExistsError(f"'{out}' already holds files; pass --resume to continue its run, --overwrite to "
-                                f"replace it, or choose another --out.")
-    saved_path = os.path.join(out, RUN_CONFIG)
-    if not os.path.isfile(saved_path):
-        raise OutputExistsError(f"'{out}' is not a fine-tuning run folder (no {RUN_CONFIG}); choose another --out.")
-    with open(saved_path) as handle:
+    with open(os.path.join(out, RUN_CONFIG)) as handle:
         saved = yaml.safe_load(handle) or {}
     now = dataclasses.asdict(cfg)
     changed = sorted(k for k in now if k not in MAY_CHANGE and saved.get(k) != now[k])

@@ -17,8 +17,9 @@ RUN_CONFIG, METRICS = "run.yaml", "metrics.jsonl"
 RUN_FILES = (RUN_CONFIG, METRICS, CONFIG, WEIGHTS, TOKENIZER, OPTIMIZER, TRAINER_STATE, PENDING)
 
 
-def check_out_folder(out: str, resume: bool, overwrite: bool, model_config: dict[str, Any]) -> bool:
-    """Decide what to do with `out` before anything is written; return True to resume from it."""
+def folder_to_continue(out: str, resume: bool, overwrite: bool, kind: str = "stratalm run") -> bool:
+    """False when `out` is free (absent, empty, or to be overwritten); True when it holds a run to
+    resume (its run.yaml is there); otherwise an error that says what to pass."""
     if not os.path.exists(out) or not os.listdir(out):
         return False
     if not os.path.isdir(out):
@@ -30,7 +31,14 @@ def check_out_folder(out: str, resume: bool, overwrite: bool, model_config: dict
             f"'{out}' already holds files of another run; pass --resume to continue it, --overwrite to replace it, or choose another --out."
         )
     if not os.path.isfile(os.path.join(out, RUN_CONFIG)):
-        raise OutputExistsError(f"'{out}' is not a stratalm run folder (no {RUN_CONFIG}); choose another --out.")
+        raise OutputExistsError(f"'{out}' is not a {kind} folder (no {RUN_CONFIG}); choose another --out.")
+    return True
+
+
+def check_out_folder(out: str, resume: bool, overwrite: bool, model_config: dict[str, Any]) -> bool:
+    """Decide what to do with `out` before anything is written; return True to resume from it."""
+    if not folder_to_continue(out, resume, overwrite):
+        return False
     recover(out)
     if not has_checkpoint(out):
         return False  # killed before its first checkpoint: start again from the beginning
