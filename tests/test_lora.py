@@ -121,3 +121,17 @@ def test_merge_lora_flag_writes_merged_weights(toy, tmp_path):  # noqa: F811
     ids = torch.randint(8, merged.config.vocab_size, (3, 20))
     with torch.no_grad():
         assert float((merged(ids).logits - apart(ids).logits).abs().max()) < 1e-5
+
+
+def test_convert_exports_the_adapted_weights(toy, tmp_path):  # noqa: F811
+    """`stratalm convert` of a LoRA fine-tune folds the adapter in, so the export predicts as the fine-tune does."""
+    args = ["--max-steps", "4", "--lora-rank", "2", "--lora-targets", "q,v", "--seed", "3", "--lr", "1e-2"]
+    assert main(finetune_args(toy, tmp_path / "apart", *args)) == 0
+    assert main(["convert", str(tmp_path / "apart"), str(tmp_path / "plain")]) == 0
+    from stratalm.tasks import load_finetuned
+
+    apart, _, _ = load_finetuned(str(tmp_path / "apart"))
+    plain = stratalm.load(str(tmp_path / "plain"))
+    ids = torch.randint(8, plain.config.vocab_size, (3, 20))
+    with torch.no_grad():
+        assert float((plain(ids).logits - apart(ids).logits).abs().max()) < 1e-5

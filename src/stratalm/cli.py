@@ -77,6 +77,11 @@ def _convert(args: argparse.Namespace) -> None:
     if os.path.exists(args.dst) and os.listdir(args.dst) and not args.overwrite:
         raise OutputExistsError(f"'{args.dst}' already exists and is not empty; choose another destination or pass --overwrite.")
     model = load(args.src)
+    from .tasks.lora import has_adapter, load_adapter, merge_lora
+
+    if has_adapter(args.src):  # a LoRA fine-tune: export the adapted weights, not the bare base
+        load_adapter(model, args.src)
+        merge_lora(model)
     save(model, args.dst, format=target)
     print(f"wrote {args.dst} ({target} format, {model.config.family})")
 
@@ -152,7 +157,7 @@ def _add_task_parsers(sub) -> None:
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained model on a task (classification, tagging, ...)")
     p.add_argument("--task", required=True, help=f"one of: {', '.join(task_names())}")
-    p.add_argument("--model", required=True, help="pretrained model folder (stratalm or Hugging Face)")
+    p.add_argument("--model", required=True, help="pretrained model folder (stratalm or Hugging Face), or for seq2seq a preset name with --tokenizer-from-train")
     p.add_argument("--train", required=True, help="training data file")
     p.add_argument("--dev", help="dev data file: evaluated during training; the best weights by its metric are kept")
     p.add_argument("--out", required=True, help="output folder: the fine-tuned model, task.json, metrics.jsonl")

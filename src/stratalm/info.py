@@ -15,7 +15,8 @@ STACK_PARTS = [
 ]
 BLOCK_PARTS = [("attn.", "attention"), ("cross_attn.", "cross-attention"), ("ff.", "feed-forward"), ("", "block norms")]
 HEADS = [("lm_head", "LM head"), ("mlm_head", "MLM head"), ("pooler", "pooler"), ("nsp_head", "next-sentence head"),
-         ("rtd_head", "replaced-token head"), ("classifier", "classifier")]
+         ("rtd_head", "replaced-token head"), ("classifier", "classifier"),
+         ("token_classifier", "token classifier"), ("qa_head", "span QA head")]
 STACKS = {"stack": "", "encoder": "encoder ", "decoder": "decoder "}
 
 

@@ -46,7 +46,7 @@ MAY_CHANGE = ("epochs", "max_steps", "eval_every", "save_every", "log_every", "e
 @dataclass(frozen=True)
 class FinetuneConfig:
     task: str = setting("classification", "the task (stratalm.tasks.task_names())")
-    model: str = setting("", "pretrained model folder (stratalm or Hugging Face)")
+    model: str = setting("", "pretrained model folder (stratalm or Hugging Face), or for seq2seq a preset name with tokenizer_from_train")
     train: str = setting("", "training data file")
     dev: Optional[str] = setting(None, "dev data file: evaluated every eval_every steps; its best score picks the weights kept")
     out: str = setting("", "output folder")

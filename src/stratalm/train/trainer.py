@@ -52,7 +52,7 @@ def build_model(run: RunConfig, data: TokenData, tokenizer: Tokenizer) -> torch.
     return model
 
 
-ENCODER_HEADS = ("mlm_head", "pooler", "nsp_head", "rtd_head", "classifier")
+ENCODER_HEADS = ("mlm_head", "pooler", "nsp_head", "rtd_head", "classifier", "token_classifier", "qa_head")
 
 
 def freeze_unused_heads(model: torch.nn.Module, used: tuple[str, ...]) -> None:
