@@ -78,7 +78,7 @@ def shakespeare_char(tmp_path_factory) -> Path:
     return out
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m stratalm ARGS` as a user would; returns the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "stratalm", *map(str, args)], capture_output=True, text=True,

@@ -59,7 +59,7 @@ def test_each_case_runs_at_tiny_sizes_and_prints_json(name, capsys, monkeypatch)
         assert result["configs"]["sst2_dev"]["min_cosine"] >= 0.99999
     if name == "train_throughput":
         assert all(e["params_equal"] for e in result["configs"].values())
-        assert all(0 < s["fraction_of_ceiling"] < 5 for e in result["configs"].values() for s in e["systems"].values())
+        assert all(s["fraction_of_ceiling"] > 0 for e in result["configs"].values() for s in e["systems"].values())
 
 
 def test_alternating_rounds_rotate_the_first_system():

