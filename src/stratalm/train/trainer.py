@@ -178,11 +178,12 @@ class Trainer:
             windows, offsets = self.sampler.next_batch(self.micro_batch)
             inputs, targets = self.objective.prepare(windows, self.objective_rng, self._documents(offsets))
             parts = self.objective.parts(inputs, targets)  # one backward per mixed objective
-            for index, (objective, weight, inputs, targets) in enumerate(parts):
+            for objective, weight, inputs, targets in parts:
                 share = self._share_of_scored(targets["labels"])
                 inputs = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in inputs.items()}
                 targets = {k: v[self.rows].to(self.device, non_blocking=True) for k, v in targets.items()}
-                last = micro == self.cfg.grad_accum - 1 and index == len(parts) - 1 and len(parts) == 1
+                # DDP syncs on the last micro-batch of a single objective; mixtures sync by hand below.
+                last = micro == self.cfg.grad_accum - 1 and len(parts) == 1
                 sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward_model.no_sync()
                 with sync:
                     with self.autocast():
