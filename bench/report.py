@@ -14,7 +14,7 @@ from typing import Any, Optional
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
-CASE_ORDER = ["matmul", "train_throughput", "generation", "encoding", "data_prepare"]
+CASE_ORDER = ["matmul", "train_throughput", "generation", "encoding", "data_prepare", "speedrun"]
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,7 +1,16 @@
 """Transfer shown, not assumed: a small BERT pretrained by stratalm with MLM on the SST-2 training
 sentences (labels unused), then fine-tuned on SST-2, against the same model fine-tuned from random
 initialisation with the same fine-tuning steps, and with the pretraining's steps added to its
-fine-tuning (the same total compute). Prints JSON: dev accuracy of each, steps and wall times.
+fine-tuning (the same number of optimizer steps; a pretraining step of 64 x 64 tokens takes about
+4.5 times as long as a fine-tuning step of 32 short sentences, so this control gets less compute than
+pretraining plus fine-tuning, not more), and the pretrained start
+fine-tuned on that long schedule too. Prints JSON: dev accuracy of each, steps and wall times.
+
+The model is BERT's shape at 4 x 256 with rotary positions and pre-norm blocks. Why not learned
+absolute positions: initialised at N(0, 0.02), a small encoder trained with MLM sits for hundreds of
+steps on a bag-of-words plateau (it predicts masked tokens from the words present, not from their
+neighbours; measured on Tiny Shakespeare: masked accuracy 0.21 after 300 steps with learned
+positions, 0.42 with rotary ones), and such a model has little to transfer in a short run.
 
     python bench/transfer_sst2.py [--pretrain-steps 1500] [--finetune-steps 600]
 """
@@ -16,7 +25,8 @@ import sys
 import time
 
 SST2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sst2")
-MODEL = ["model.n_layers=4", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "model.max_seq_len=64"]
+MODEL = ["model.n_layers=4", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "model.max_seq_len=64",
+         "model.position=rope", "model.norm_position=pre", "model.final_norm=true"]
 
 
 def stratalm(*args: str) -> float:
@@ -71,6 +81,8 @@ def main() -> None:
         "pretrained_mlm": finetune(pretrained, "ft-pretrained", args.finetune_steps),
         "random_same_finetune_steps": finetune(random_start, "ft-random", args.finetune_steps),
         "random_plus_pretraining_steps": finetune(random_start, "ft-random-long", args.finetune_steps + args.pretrain_steps),
+        # Both starts fine-tuned to the end of the long schedule: does the pretraining still show?
+        "pretrained_same_long_schedule": finetune(pretrained, "ft-pretrained-long", args.finetune_steps + args.pretrain_steps),
     }
     print(json.dumps({"case": "transfer_sst2", "model": "bert " + " ".join(MODEL), "prepare_s": round(prepare_s, 1),
                       "pretrain_steps": args.pretrain_steps, "pretrain_s": round(pretrain_s, 1), **results}, indent=2))

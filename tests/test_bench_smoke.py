@@ -100,3 +100,22 @@ def test_results_table_shows_machine_and_ratios(tmp_path, capsys):
     ratio = result["rows"][1]["ratio"]
     assert f"| {report._number(ratio)} |" in text
     assert text.count("| matmul | square |") == 2 and text.count("| generation | batch1 |") == 1
+
+
+def test_speedrun_places_crossings_between_evaluations():
+    time_to = bench_module("speedrun").time_to
+    curve = [{"train_s": 1.0, "val_loss": 3.0}, {"train_s": 3.0, "val_loss": 1.0}]
+    assert time_to(curve, 2.0) == 2.0  # halfway in loss, halfway in time
+    assert time_to(curve, 3.5) == 1.0  # reached at the first evaluation
+    assert time_to(curve, 0.5) is None  # never reached
+
+
+def test_speedrun_trains_both_recipes_on_the_same_measure(capsys, tmp_path):
+    if not (SHARED_DATA / "tinyshakespeare").exists():
+        pytest.skip(f"{SHARED_DATA / 'tinyshakespeare'} is absent (real data lives in ../shared/data)")
+    capsys.readouterr()
+    assert bench_module("speedrun").main(["--smoke", "--no-record", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["a"]["steps"] == result["b"]["steps"] == 6
+    assert result["target"] == result["a"]["final_val_loss"] and result["a"]["to_target_s"] > 0
+    assert [row["config"] for row in result["rows"]][0].startswith("to (a)'s final loss")

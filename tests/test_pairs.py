@@ -147,11 +147,12 @@ def test_nsp_learns_to_tell_the_next_segment_from_another_document(pydoc_bpe, tm
 
 
 def test_sop_learns_sentence_order_above_chance(shakespeare_char, tmp_path):
-    """Sentence order is the harder task: on Shakespeare this tiny model reaches about 62% in a
-    minute (70% needs a larger model or longer training; see the closing note)."""
+    """Sentence order is the harder task: on Shakespeare this tiny model reaches about 66% in a
+    minute, with rotary positions (learned ones at N(0, 0.02) start on a bag-of-characters plateau:
+    62%); about 70% takes 1,000-2,000 steps (see the closing note)."""
     result = run_cli("pretrain", "--data", shakespeare_char, "--out", tmp_path / "sop", "--model", "albert",
                      "--objective", "sop", "--max-steps", "500", "model.max_seq_len=128", "model.share_layers=0",
-                     "train.eval_windows=512", *LEARN)
+                     "model.position=rope", "train.eval_windows=512", *LEARN)
     assert result.returncode == 0, result.stderr
     scores = final_scores(tmp_path / "sop")
-    assert scores["val_pair_accuracy"] > 0.58, scores  # 512 balanced pairs: chance +- 0.044 at two sigma
+    assert scores["val_pair_accuracy"] > 0.60, scores  # 512 balanced pairs: chance +- 0.044 at two sigma

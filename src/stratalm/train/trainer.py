@@ -269,17 +269,20 @@ class Trainer:
         self.forward_model.train()
         result: dict[str, float] = {}
         window_loss, window_steps, window_time = 0.0, 0, 0.0  # since the last metrics line
+        train_seconds = 0.0  # time spent in training steps by this process (evaluation and saving excluded)
         while self.step < cfg.max_steps:
             started = time.perf_counter()
             loss = float(self.train_step())  # float() waits for the step, so the time is honest
-            window_time += time.perf_counter() - started
+            step_seconds = time.perf_counter() - started
+            window_time += step_seconds
+            train_seconds += step_seconds
             window_loss += loss
             window_steps += 1
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 speed = tokens_per_step * window_steps / max(window_time, 1e-9)
                 record = {"step": self.step, "loss": window_loss / window_steps, "lr": learning_rate(self.step - 1, cfg),
-                          "tokens_per_s": round(speed, 1)}
+                          "tokens_per_s": round(speed, 1), "train_s": round(train_seconds, 3)}
                 self.metrics.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{speed:,.0f}")
                 result["loss"] = record["loss"]
@@ -287,7 +290,7 @@ class Trainer:
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.max_steps:
                 scores = self.evaluate()
                 if scores:
-                    self.metrics.write({"step": self.step, **scores})
+                    self.metrics.write({"step": self.step, "train_s": round(train_seconds, 3), **scores})
                     say(f"step {self.step}: {describe_scores(scores)}")
                     result.update(scores)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
