@@ -69,8 +69,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         folder = Path(args.out_dir) if args.out_dir else BENCH_DIR
         folder.mkdir(parents=True, exist_ok=True)
         json_path, md_path = folder / "results.json", folder / "RESULTS.md"
-        # A partial run keeps the other cases' last figures; a full run replaces them all.
-        kept = report.load(json_path) if set(cases) != set(CASES) else {}
+        # Cases not run now (a partial run, or bench/speedrun.py, which records itself) keep their
+        # last figures.
+        kept = report.load(json_path)
         kept.update({c: r for c, r in results.items() if "rows" in r})
         report.write(kept, json_path, md_path)
         log(f"wrote {md_path}")
