@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
 from .families import hf_family, hf_family_of
-from .io import CONFIG, TOKENIZER, WEIGHTS, check_tokenizer, commit_files, load_state_into, model_state, pending_folder
+from .io import (CONFIG, TOKENIZER, WEIGHTS, check_tokenizer, commit_files, load_state_into, model_state, pending_folder,
+                 release_weights, unique_weights)
 from .model_config import ModelConfig
 from .models import build_model
 from .tokenize import Tokenizer
@@ -53,12 +55,35 @@ def config_from_hf(hf_config: dict[str, Any], source: str, weight_names: set[str
         raise CheckpointError(f"'{source}/{CONFIG}' lacks the key {exc} that a {family.name} config needs.") from None
 
 
+def hf_weight_names(path: str) -> Optional[set[str]]:
+    """The weight names of a safetensors checkpoint, read without loading the weights (None for
+    a pickle, whose names come only with its tensors)."""
+    single, index = os.path.join(path, WEIGHTS), os.path.join(path, WEIGHTS + ".index.json")
+    try:
+        if os.path.isfile(single):
+            with safe_open(single, framework="pt") as handle:
+                return set(handle.keys())
+        if os.path.isfile(index):
+            with open(index) as handle:
+                return set(json.load(handle)["weight_map"])
+    except Exception:  # a corrupt file: read_hf_weights says so
+        return None
+    return None
+
+
 def load_hf(path: str, hf_config: dict[str, Any]) -> torch.nn.Module:
     family = hf_family(hf_config.get("model_type"), path)
-    weights = read_hf_weights(path)
-    config = config_from_hf(hf_config, path, set(weights))
+    names = hf_weight_names(path)
+    weights = read_hf_weights(path) if names is None else None
+    config = config_from_hf(hf_config, path, names if names is not None else set(weights))
     model = build_model(config)
-    load_state_into(model, family.from_hf_state(weights, config, path, set(model_state(model))), path)
+    expected = set(unique_weights(model))
+    release_weights(model)  # built before the weights are read, so the two are never held together
+    if weights is None:
+        weights = read_hf_weights(path)
+    converted = family.from_hf_state(weights, config, path, expected)
+    del weights  # each original now lives only in its converted view, and goes as the model takes it
+    load_state_into(model, converted, path, adopt=True)
     tokenizer_file = os.path.join(path, TOKENIZER)
     if os.path.isfile(tokenizer_file):
         model.tokenizer = Tokenizer.load(tokenizer_file)

@@ -75,16 +75,20 @@ def recover(dest: str) -> None:
 
 
 # -- model files ------------------------------------------------------------------------------
+def unique_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters and persistent buffers, each once, under the name model_state uses."""
+    out, seen = {}, set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            out[name] = tensor
+    return out
+
+
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights to save, each tensor once: a tied head is the embedding, stored under the
     embedding's name (the first name a shared tensor has in the module tree)."""
-    state, seen = {}, set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        state[name] = tensor.detach().contiguous()
-    return state
+    return {name: tensor.detach().contiguous() for name, tensor in unique_weights(model).items()}
 
 
 def write_model_files(model: torch.nn.Module, folder: str, metadata: Optional[dict[str, str]] = None) -> None:
@@ -147,9 +151,20 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"'{file}' is corrupt or truncated ({str(exc)[:100]}).") from None
 
 
-def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `state` into `model`, naming any weight that is missing, unexpected or mis-shaped."""
-    expected = model_state(model)
+def release_weights(model: torch.nn.Module) -> None:
+    """Swap every weight for a stand-in of the same shape and dtype that holds no memory: a
+    checkpoint is about to replace them all, and keeping the random ones meanwhile would hold the
+    model twice while it loads."""
+    with torch.no_grad():
+        for tensor in unique_weights(model).values():
+            tensor.data = torch.zeros((), dtype=tensor.dtype, device=tensor.device).expand(tensor.shape)
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, adopt: bool = False) -> None:
+    """Copy `state` into `model`, naming any weight that is missing, unexpected or mis-shaped.
+    With `adopt`, the model takes the tensors of `state` themselves (emptying the dict) instead of
+    copying them, so loading never holds two copies (see release_weights)."""
+    expected = unique_weights(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -161,7 +176,13 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
             raise CheckpointError(
                 f"weight '{name}' in '{source}' has shape {tuple(tensor.shape)}, the config needs {tuple(expected[name].shape)}."
             )
-    model.load_state_dict(state, strict=False)
+    if not adopt:
+        model.load_state_dict(state, strict=False)
+        return
+    with torch.no_grad():
+        for name in list(state):
+            target = expected[name]
+            target.data = state.pop(name).to(device=target.device, dtype=target.dtype).contiguous()
 
 
 def check_tokenizer(tokenizer: Tokenizer, config: ModelConfig, source: str) -> None:
@@ -183,9 +204,9 @@ def load(path: str, device: str = "cpu") -> torch.nn.Module:
 
         return load_hf(path, raw).to(device).eval()
     config = load_config(path)
-    state = load_weights(path)
     model = build_model(config)
-    load_state_into(model, state, path)
+    release_weights(model)
+    load_state_into(model, load_weights(path), path, adopt=True)
     tokenizer_file = os.path.join(path, TOKENIZER)
     if os.path.isfile(tokenizer_file):
         model.tokenizer = Tokenizer.load(tokenizer_file)

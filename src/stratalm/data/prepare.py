@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm

@@ -86,7 +86,7 @@ class _Decoding:
             out = self.model(encoder_output=self.memory, attention_mask=self.mask, decoder_input_ids=fed, cache=self.cache)
         else:
             positions = self._positions()[:, -fed.shape[1]:]
-            out = self.model(fed, attention_mask=self.mask, position_ids=positions, cache=self.cache)
+            out = self.model(fed, attention_mask=self.mask, position_ids=positions, cache=self.cache, logits_to_keep=1)
         return out.logits[:, -1].float()  # (N, V)
 
     def reorder(self, order: torch.Tensor) -> None:

@@ -1,64 +1,14 @@
-"""Autoregressive decoding with a KV cache: the prompt runs once, then one token per step."""
+"""Autoregressive decoding with a KV cache: the prompt runs once, then one token per step.
+
+A step multiplies a few token vectors by every weight matrix, so it is bound by reading the weights;
+layers/linear.py gives those few-row products the fast CPU path."""
 from __future__ import annotations
 
-import contextlib
-import threading
-import weakref
 from typing import Callable, Iterator, Optional
 
 import torch
-from torch import nn
 
 from ..errors import InputTooLongError, StratalmError
-
-# A decoding step multiplies a few token vectors by every weight matrix, so it is bound by memory
-# bandwidth once the weights outgrow the cache, and the largest matrix by far is the LM head
-# (vocabulary x d_model). On CPU, MKL streams nn.Linear's (out, in) layout for x @ W.T at about a
-# third of the bandwidth it reaches for x @ W with W stored (in, out): measured on the benchmark
-# machine, a 384 x 50304 head takes 8.0 ms per token against 2.9 ms. So while a model decodes on
-# CPU its head weight is stored transposed (same values, same (out, in) shape, so every module runs
-# unchanged); the original storage is kept and put back when decoding ends. The cost is one copy
-# of the head per call (memory and a few tens of milliseconds), repaid after a few dozen tokens.
-DECODE_LAYOUT_MIN_BYTES = 16 << 20  # a smaller head stays in cache, where both layouts are fast
-DECODE_LAYOUT_MIN_STEPS = 32
-_layout_lock = threading.Lock()
-_layout_users: "weakref.WeakKeyDictionary[nn.Module, tuple[int, list, list]]" = weakref.WeakKeyDictionary()
-
-
-def _heads_worth_relayout(model: nn.Module, steps: int) -> list[torch.Tensor]:
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if steps < DECODE_LAYOUT_MIN_STEPS or model.training or hasattr(model, "_orig_mod"):  # compiled: would recompile
-        return []
-    heads = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == vocab}
-    return [w for w in heads.values()
-            if w.device.type == "cpu" and w.is_contiguous() and w.numel() * w.element_size() >= DECODE_LAYOUT_MIN_BYTES]
-
-
-@contextlib.contextmanager
-def decoding_layout(model: nn.Module, steps: int) -> Iterator[None]:
-    """Within this block, `model`'s LM head is laid out for fast single-token steps on CPU (see
-    above); nested or concurrent blocks on one model share one re-layout. The weights must not change
-    meanwhile, and no other code may run the model in another thread while a block starts or ends."""
-    with _layout_lock:
-        users, weights, originals = _layout_users.get(model, (0, None, None))
-        if weights is None:
-            weights = _heads_worth_relayout(model, steps)
-            originals = [w.data for w in weights]
-            # Outside inference mode, so that a parameter never becomes an inference tensor.
-            with torch.inference_mode(False), torch.no_grad():
-                for weight in weights:
-                    weight.data = weight.data.t().contiguous().t()
-        _layout_users[model] = (users + 1, weights, originals)
-    try:
-        yield
-    finally:
-        with _layout_lock:
-            users, weights, originals = _layout_users.pop(model)
-            if users > 1:
-                _layout_users[model] = (users - 1, weights, originals)
-            else:
-                for weight, original in zip(weights, originals):
-                    weight.data = original
 
 
 def pick_next(
@@ -109,25 +59,24 @@ def stream_tokens(
     device = next(model.parameters()).device
     window = input_ids.to(device)  # the tokens the cache holds
     cache_len = min(context, T + max_new_tokens)
-    with decoding_layout(model, max_new_tokens):
-        cache = model.new_cache(B, cache_len)
-        logits = model(window, cache=cache).logits[:, -1]  # prefill: (B, V)
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
-            token = pick_next(logits, temperature, top_k, top_p, generator)
-            if eos_id is not None:
-                token = token.masked_fill(finished, eos_id)
-                finished |= token == eos_id
-            yield token
-            if bool(finished.all()) or step == max_new_tokens - 1:
-                return
-            window = torch.cat([window, token[:, None]], dim=1)
-            if cache.length < cache_len:
-                logits = model(token[:, None], cache=cache).logits[:, -1]
-            else:  # the cache is full: keep the newest half of the context and run it again
-                window = window[:, -max(1, context // 2):]
-                cache = model.new_cache(B, cache_len)
-                logits = model(window, cache=cache).logits[:, -1]
+    cache = model.new_cache(B, cache_len)
+    logits = model(window, cache=cache, logits_to_keep=1).logits[:, -1]  # prefill: (B, V)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        token = pick_next(logits, temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            token = token.masked_fill(finished, eos_id)
+            finished |= token == eos_id
+        yield token
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            return
+        window = torch.cat([window, token[:, None]], dim=1)
+        if cache.length < cache_len:
+            logits = model(token[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
+        else:  # the cache is full: keep the newest half of the context and run it again
+            window = window[:, -max(1, context // 2):]
+            cache = model.new_cache(B, cache_len)
+            logits = model(window, cache=cache, logits_to_keep=1).logits[:, -1]
 
 
 def generate(

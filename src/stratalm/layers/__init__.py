@@ -2,7 +2,8 @@
 from .attention import Attention, KVCache
 from .block import Block
 from .feedforward import FeedForward
+from .linear import Linear
 from .norms import make_norm
 from .positions import AbsolutePositions, RelativePositionBias, RotaryEmbedding
 
-__all__ = ["Attention", "KVCache", "Block", "FeedForward", "make_norm", "AbsolutePositions", "RelativePositionBias", "RotaryEmbedding"]
+__all__ = ["Attention", "KVCache", "Block", "FeedForward", "Linear", "make_norm", "AbsolutePositions", "RelativePositionBias", "RotaryEmbedding"]

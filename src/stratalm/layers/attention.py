@@ -12,6 +12,7 @@ from torch import nn
 
 from ..model_config import ModelConfig
 from .positions import apply_rotary
+from .linear import Linear
 
 
 class KVCache:
@@ -49,12 +50,12 @@ class Attention(nn.Module):
         self.cross = cross
         q_width, kv_width = self.n_heads * self.head_dim, 2 * self.n_kv_heads * self.head_dim
         if cross:
-            self.q = nn.Linear(config.d_model, q_width, bias=config.attention_bias)
-            self.kv = nn.Linear(config.d_model, kv_width, bias=config.attention_bias)
+            self.q = Linear(config.d_model, q_width, bias=config.attention_bias)
+            self.kv = Linear(config.d_model, kv_width, bias=config.attention_bias)
         else:
             # Queries, keys and values come from one matrix: one matmul per step instead of three.
-            self.qkv = nn.Linear(config.d_model, q_width + kv_width, bias=config.attention_bias)
-        self.out = nn.Linear(q_width, config.d_model, bias=config.attention_bias)
+            self.qkv = Linear(config.d_model, q_width + kv_width, bias=config.attention_bias)
+        self.out = Linear(q_width, config.d_model, bias=config.attention_bias)
         self.dropout = config.attention_dropout
         self.scale = config.attention_scale  # None: 1/sqrt(head_dim)
 

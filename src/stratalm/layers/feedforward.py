@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model_config import ModelConfig
+from .linear import Linear
 
 
 def activation_fn(name: str):
@@ -30,8 +31,8 @@ class FeedForward(nn.Module):
         self.gated = config.gated
         self.act = activation_fn(config.activation)
         width = config.d_ff * (2 if config.gated else 1)
-        self.up = nn.Linear(config.d_model, width, bias=config.mlp_bias)
-        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
+        self.up = Linear(config.d_model, width, bias=config.mlp_bias)
+        self.down = Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)  # (B, T, d_ff) or (B, T, 2 d_ff)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..layers import KVCache
+from ..layers import KVCache, Linear
 from ..model_config import ModelConfig
 from .output import ModelOutput, parameter_counts
 from .stack import TransformerStack, init_weights
@@ -20,7 +20,8 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.stack = TransformerStack(config, causal=True)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # A tied head is the embedding: built on the meta device, it never allocates a matrix of its own.
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, device="meta" if config.tie_embeddings else None)
         init_weights(self, config)
         if config.tie_embeddings:
             self.lm_head.weight = self.stack.tok_embed.weight
@@ -34,11 +35,15 @@ class CausalLM(nn.Module):
         cache: Optional[KVCache] = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        logits_to_keep: int = 0,
     ) -> ModelOutput:
+        """`logits_to_keep` > 0 applies the head to the last that many positions only (as in
+        `transformers`): decoding needs the last one, and the head is the largest matrix."""
         x, hidden, attentions = self.stack(
             input_ids, attention_mask, position_ids, cache, output_hidden_states, output_attentions
         )
-        return ModelOutput(logits=self.lm_head(x), hidden_states=hidden, attentions=attentions, last_hidden_state=x)
+        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep > 0 else x)
+        return ModelOutput(logits=logits, hidden_states=hidden, attentions=attentions, last_hidden_state=x)
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
         param = self.lm_head.weight

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..layers import Linear
 from ..model_config import ModelConfig
 from .heads import ClassificationHead, MaskedLMHead, Pooler, ReplacedTokenHead, SpanQAHead, TokenClassificationHead
 from .output import ModelOutput, parameter_counts
@@ -23,7 +24,7 @@ class EncoderModel(nn.Module):
         self.stack = TransformerStack(config, causal=False)
         self.mlm_head = MaskedLMHead(config, self.stack.tok_embed) if config.mlm_head else None
         self.pooler = Pooler(config) if config.pooler else None
-        self.nsp_head = nn.Linear(config.d_model, 2) if config.nsp_head else None
+        self.nsp_head = Linear(config.d_model, 2) if config.nsp_head else None
         self.rtd_head = ReplacedTokenHead(config) if config.rtd_head else None
         self.classifier = ClassificationHead(config) if config.n_labels else None
         self.token_classifier = TokenClassificationHead(config) if config.n_token_labels else None

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import make_norm
+from ..layers import Linear, make_norm
 from ..layers.feedforward import activation_fn
 from ..model_config import ModelConfig
 
@@ -19,10 +19,10 @@ class MaskedLMHead(nn.Module):
     def __init__(self, config: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
         width = config.embed_width
-        self.dense = nn.Linear(config.d_model, width)
+        self.dense = Linear(config.d_model, width)
         self.act = activation_fn(config.activation)
         self.norm = make_norm(config.norm, width, config.norm_eps, config.norm_bias)
-        self.decoder = nn.Linear(width, config.vocab_size, bias=False)
+        self.decoder = Linear(width, config.vocab_size, bias=False, device="meta" if config.tie_embeddings else None)
         if config.tie_embeddings:
             self.decoder.weight = embedding.weight
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
@@ -36,7 +36,7 @@ class Pooler(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dense = Linear(config.d_model, config.d_model)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, C)
@@ -47,9 +47,9 @@ class ReplacedTokenHead(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dense = Linear(config.d_model, config.d_model)
         self.act = activation_fn(config.activation)
-        self.out = nn.Linear(config.d_model, 1)
+        self.out = Linear(config.d_model, 1)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out(self.act(self.dense(hidden))).squeeze(-1)  # (B, T)
@@ -61,7 +61,7 @@ class TokenClassificationHead(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.out = nn.Linear(config.d_model, config.n_token_labels)
+        self.out = Linear(config.d_model, config.n_token_labels)
         self.dropout = config.dropout
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,7 @@ class SpanQAHead(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.out = nn.Linear(config.d_model, 2)
+        self.out = Linear(config.d_model, 2)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.out(hidden)  # (B, T, 2): start, end
@@ -86,9 +86,9 @@ class ClassificationHead(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model) if config.classifier == "dense" else None
+        self.dense = Linear(config.d_model, config.d_model) if config.classifier == "dense" else None
         self.act = activation_fn(config.classifier_activation or config.activation)
-        self.out = nn.Linear(config.d_model, config.n_labels)
+        self.out = Linear(config.d_model, config.n_labels)
         self.dropout = config.dropout
 
     def forward(self, hidden: torch.Tensor, pooled: Optional[torch.Tensor]) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..layers import KVCache
+from ..layers import KVCache, Linear
 from ..model_config import ModelConfig
 from .output import ModelOutput, parameter_counts
 from .stack import TransformerStack, init_weights
@@ -30,7 +30,8 @@ class EncoderDecoderModel(nn.Module):
         self.encoder = TransformerStack(config, causal=False)
         self.decoder = TransformerStack(self.decoder_config, causal=True, cross=True)
         self.decoder.tok_embed = self.encoder.tok_embed  # one table for both sides
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # A tied head is the embedding: built on the meta device, it never allocates a matrix of its own.
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, device="meta" if config.tie_embeddings else None)
         init_weights(self, config)
         if config.init_scheme == "t5":
             t5_init(self)

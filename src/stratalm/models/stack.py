@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AbsolutePositions, Block, KVCache, RelativePositionBias, RotaryEmbedding, make_norm
+from ..layers import AbsolutePositions, Block, KVCache, Linear, RelativePositionBias, RotaryEmbedding, make_norm
 from ..model_config import ModelConfig
 from .masks import add_position_bias, attention_mask_for
 
@@ -32,7 +32,7 @@ class TransformerStack(nn.Module):
         )
         self.token_types = nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size else None
         self.embed_norm = make_norm(config.norm, width, config.norm_eps, config.norm_bias) if config.embedding_norm else None
-        self.embed_proj = nn.Linear(width, config.d_model) if width != config.d_model else None
+        self.embed_proj = Linear(width, config.d_model) if width != config.d_model else None
         # T5: one learned bias table per stack, computed once per forward and shared by all layers.
         self.rel_bias = (
             RelativePositionBias(config.relative_buckets, config.relative_max_distance, config.n_heads, not causal)
@@ -110,6 +110,8 @@ def init_weights(module: nn.Module, config: ModelConfig) -> None:
     the stream's variance does not grow with depth."""
     residual_std = config.init_std / math.sqrt(2 * config.n_layers) if config.scale_residual_init else config.init_std
     for name, param in module.named_parameters():
+        if param.device.type == "meta":
+            continue  # a tied head before it is tied (and normal_ on meta allocates a real matrix)
         if name.endswith("bias"):
             nn.init.zeros_(param)
         elif "norm" in name:
