@@ -23,7 +23,7 @@ ROPE = ["model.position=rope"]  # learned positions at N(0, 0.02) start on a bag
 # name -> (data, preset, objective, steps, extra settings)
 RUNS = {
     "clm": ("shakespeare", "tiny", "clm", 300, ["model.max_seq_len=64", "train.batch_size=32", "train.lr=3e-3"]),
-    "mlm": ("pydoc", "bert", "mlm", 400, ["model.max_seq_len=64", "train.batch_size=32", "train.lr=3e-3"]),
+    "mlm": ("pydoc", "bert", "mlm", 400, ["model.max_seq_len=64", "train.batch_size=32", "train.lr=3e-3", *ROPE]),
     "nsp": ("pydoc", "bert", "nsp", 500, ["model.max_seq_len=64", "train.batch_size=32", "train.lr=1e-3", *PRE_NORM]),
     "sop": ("shakespeare", "albert", "sop", 500, ["model.max_seq_len=128", "model.share_layers=0", "train.batch_size=32",
                                                   "train.lr=1e-3", *PRE_NORM, *ROPE]),

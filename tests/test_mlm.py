@@ -99,20 +99,24 @@ def test_ngram_spans_follow_one_over_n(pydoc_bpe):
 
 
 def test_mlm_learns_beyond_the_most_frequent_token(pydoc_bpe, tmp_path):
+    """Rotary positions: with BERT's learned ones at N(0, 0.02) a 2-layer model spends these 400
+    steps near the bag-of-tokens plateau (masked accuracy 0.077-0.09 against a baseline of 0.040,
+    depending on the seed's draw); with rotary ones it reaches 0.198."""
     import numpy as np
 
     out = tmp_path / "run"
     result = run_cli("pretrain", "--data", pydoc_bpe, "--out", out, "--model", "bert", "--objective", "mlm",
                      "--max-steps", "400", "model.n_layers=2", "model.d_model=128", "model.n_heads=4", "model.d_ff=512",
                      "model.max_seq_len=64", "model.dropout=0", "model.attention_dropout=0", "train.batch_size=32",
-                     "train.lr=3e-3", "train.warmup_steps=30", "train.eval_every=0", "train.progress=false")
+                     "train.lr=3e-3", "train.warmup_steps=30", "train.eval_every=0", "train.progress=false",
+                     "model.position=rope")
     assert result.returncode == 0, result.stderr
     final = [json.loads(line) for line in open(out / "metrics.jsonl") if "val_loss" in line][-1]
     data = TokenData(str(pydoc_bpe))
     start, end = data.split("validation")
     counts = np.bincount(data.read(start, end - start))
     baseline = counts.max() / counts.sum()  # always guessing the most frequent token
-    assert final["val_masked_accuracy"] > 2 * baseline, (final, baseline)
+    assert final["val_masked_accuracy"] > 3 * baseline, (final, baseline)  # measured 0.198 against 0.040
 
 
 def test_objectives_refuse_models_that_cannot_carry_them(pydoc_bpe):
