@@ -21,6 +21,8 @@ unchanged.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,21 +30,22 @@ from torch import nn
 FEW_ROWS = 64  # decoding steps and beams; an encoder batch has more rows
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(x, weight, bias), by the faster path where it applies (see above)."""
+    if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return F.linear(x, weight, bias)
+    rows = x.numel() // max(1, x.shape[-1])
+    if rows == 0 or rows > FEW_ROWS:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1])
+    if rows == 1:
+        flat = flat.repeat(2, 1)  # a real second row: an expanded (stride 0) one falls back to the slow path
+    out = weight @ flat.t() if bias is None else torch.addmm(bias[:, None], weight, flat.t())
+    # Back to row-major: attention kernels and reductions over the last dimension want it, and the
+    # copy is a few rows.
+    return out.t()[:rows].contiguous().view(*x.shape[:-1], weight.shape[0])
+
+
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
-            return F.linear(x, weight, self.bias)
-        rows = x.numel() // max(1, x.shape[-1])
-        if rows == 0 or rows > FEW_ROWS:
-            return F.linear(x, weight, self.bias)
-        flat = x.reshape(rows, x.shape[-1])
-        if rows == 1:
-            flat = flat.repeat(2, 1)  # a real second row: an expanded (stride 0) one falls back to the slow path
-        if self.bias is None:
-            out = weight @ flat.t()
-        else:
-            out = torch.addmm(self.bias[:, None], weight, flat.t())
-        # Back to row-major: attention kernels and reductions over the last dimension want it, and the
-        # copy is a few rows.
-        return out.t()[:rows].contiguous().view(*x.shape[:-1], weight.shape[0])
+        return linear(x, self.weight, self.bias)

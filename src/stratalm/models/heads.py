@@ -9,6 +9,7 @@ from torch import nn
 
 from ..layers import Linear, make_norm
 from ..layers.feedforward import activation_fn
+from ..layers.linear import linear
 from ..model_config import ModelConfig
 
 
@@ -28,7 +29,8 @@ class MaskedLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(self.act(self.dense(hidden)))) + self.bias  # (B, T, V)
+        # The bias goes into the product (one addmm), not a second pass over the (B, T, V) logits.
+        return linear(self.norm(self.act(self.dense(hidden))), self.decoder.weight, self.bias)  # (B, T, V)
 
 
 class Pooler(nn.Module):
