@@ -10,7 +10,7 @@ import torch
 import stratalm
 from stratalm.errors import CheckpointError
 from stratalm.families import preset
-from stratalm.io import COMMITTED, PENDING, commit_files, pending_folder, recover
+from stratalm.io import COMMITTED, PENDING, pending_folder, recover
 from stratalm.models import CausalLM
 from stratalm.tokenize import train_char
 

@@ -1,7 +1,6 @@
 """The `stratalm` command as a user meets it: the happy path, and one clear line for each mistake."""
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from stratalm.families import preset
 from stratalm.layers import Attention, Block, FeedForward, make_norm
-from stratalm.layers.attention import attention_with_weights
 from stratalm.layers.positions import AbsolutePositions, RotaryEmbedding, apply_rotary, sinusoid_table
 from stratalm.models.masks import attention_mask_for
 

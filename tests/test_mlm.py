@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from stratalm.data import TokenData, prepare
+from stratalm.data import TokenData
 from stratalm.errors import ConfigError
 from stratalm.families import preset
 from stratalm.objectives import MaskedLMObjective, Masker, MaskingConfig

@@ -113,6 +113,8 @@ def test_resume_after_a_real_kill_is_bitwise_identical(char_data, tmp_path):
         a, b = load_file(reference / name), load_file(killed / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert losses(reference) == losses(killed)  # the metrics were cut back to the checkpoint and rewritten
+    seconds = [json.loads(line)["train_s"] for line in open(killed / "metrics.jsonl") if '"loss"' in line]
+    assert seconds == sorted(seconds), seconds  # training time carries on from the checkpoint
 
 
 def test_two_processes_match_one_with_the_same_global_batch(char_data, tmp_path):

@@ -117,6 +117,7 @@ class Trainer:
         self.resuming = check_out_folder(run.out, resume, overwrite, model_dict)
         self.dist.barrier()  # every process has looked at the folder before the first one writes to it
         self.step = 0
+        self.train_seconds = 0.0  # time in training steps (evaluation and saving excluded), kept across resumes
         self.metrics = MetricsLog(run.out, self.dist.is_main)
         if self.dist.is_main:
             os.makedirs(run.out, exist_ok=True)
@@ -149,10 +150,11 @@ class Trainer:
             rng["cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
         return {"step": self.step, "tokens_seen": self.step * self.cfg.batch_size * self.model.config.max_seq_len,
                 "data_position": {"sampler": "random_windows", "batches_drawn": self.step * self.cfg.grad_accum},
-                "world_size": self.dist.world_size, "rng": rng}
+                "world_size": self.dist.world_size, "train_s": self.train_seconds, "rng": rng}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_s", 0.0))  # older checkpoints lack it
         rng = state["rng"]
         self.sampler.generator.set_state(decode_rng(rng["sampler"]))
         self.objective_rng.set_state(decode_rng(rng["objective"]))
@@ -269,20 +271,19 @@ class Trainer:
         self.forward_model.train()
         result: dict[str, float] = {}
         window_loss, window_steps, window_time = 0.0, 0, 0.0  # since the last metrics line
-        train_seconds = 0.0  # time spent in training steps by this process (evaluation and saving excluded)
         while self.step < cfg.max_steps:
             started = time.perf_counter()
             loss = float(self.train_step())  # float() waits for the step, so the time is honest
             step_seconds = time.perf_counter() - started
             window_time += step_seconds
-            train_seconds += step_seconds
+            self.train_seconds += step_seconds
             window_loss += loss
             window_steps += 1
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 speed = tokens_per_step * window_steps / max(window_time, 1e-9)
                 record = {"step": self.step, "loss": window_loss / window_steps, "lr": learning_rate(self.step - 1, cfg),
-                          "tokens_per_s": round(speed, 1), "train_s": round(train_seconds, 3)}
+                          "tokens_per_s": round(speed, 1), "train_s": round(self.train_seconds, 3)}
                 self.metrics.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{speed:,.0f}")
                 result["loss"] = record["loss"]
@@ -290,7 +291,7 @@ class Trainer:
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.max_steps:
                 scores = self.evaluate()
                 if scores:
-                    self.metrics.write({"step": self.step, "train_s": round(train_seconds, 3), **scores})
+                    self.metrics.write({"step": self.step, "train_s": round(self.train_seconds, 3), **scores})
                     say(f"step {self.step}: {describe_scores(scores)}")
                     result.update(scores)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
