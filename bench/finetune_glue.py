@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from stratalm.tasks.finetune import FinetuneConfig, finetune
+from stratalm.tasks.finetune import FinetuneConfig, finetune, finetune_loop
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = {
@@ -52,16 +52,17 @@ def config(name: str, out: Path, max_steps: int, eval_every: int, args: argparse
     spec = TASKS[name]
     return FinetuneConfig(
         task="classification", model=minilm_folder(), train=str(spec["train"]), dev=str(spec["dev"]) if dev else None,
-        out=str(out), task_options=spec["task_options"], epochs=spec["epochs"], max_steps=max_steps,
-        batch_size=args.batch_size, lr=args.lr, warmup=0.1, weight_decay=0.01, max_length=spec["max_length"],
-        seed=args.seed, eval_every=eval_every, best_metric=spec["best_metric"], progress=not args.quiet)
+        out=str(out), task_options=spec["task_options"], epochs=spec["epochs"], max_length=spec["max_length"],
+        best_metric=spec["best_metric"],
+        loop=finetune_loop(max_steps=max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=0.1,
+                           weight_decay=0.01, seed=args.seed, eval_every=eval_every, progress=not args.quiet))
 
 
 def training_speed(out: Path) -> float:
     """Optimizer steps per second over the training steps of a run (evaluation excluded)."""
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["examples_per_s"] for r in lines if "examples_per_s" in r]
-    batch = yaml.safe_load((out / "run.yaml").read_text())["batch_size"]
+    batch = yaml.safe_load((out / "run.yaml").read_text())["loop"]["batch_size"]
     return sum(rates) / len(rates) / batch if rates else float("nan")
 
 

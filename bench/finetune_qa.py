@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from stratalm.tasks.finetune import FinetuneConfig, finetune
+from stratalm.tasks.finetune import FinetuneConfig, finetune, finetune_loop
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {
@@ -89,10 +89,10 @@ def run_set(name: str, args: argparse.Namespace) -> dict:
     counts = split_by_paragraph(spec["file"], root / "data", args.held_out, args.seed, args.limit)
     config = FinetuneConfig(
         task="qa", model=minilm_folder(), train=str(root / "data" / "train.json"), dev=str(root / "data" / "dev.json"),
-        out=str(root / "run"), epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-        warmup=0.1, weight_decay=0.01, max_length=args.max_length, seed=args.seed, best_metric="f1",
+        out=str(root / "run"), epochs=args.epochs, max_length=args.max_length, best_metric="f1",
         task_options={"doc_stride": args.doc_stride, "language": spec["language"], "max_answer_length": 30},
-        progress=not args.quiet)
+        loop=finetune_loop(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=0.1,
+                           weight_decay=0.01, seed=args.seed, progress=not args.quiet))
     with contextlib.redirect_stdout(sys.stderr):  # progress lines; stdout carries only the JSON
         result = finetune(config, overwrite=True)
     out = {"set": name, "split": counts, "dev": {k: round(v, 3) for k, v in result["best"].items()},

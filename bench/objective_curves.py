@@ -76,7 +76,7 @@ def draw_grid(out: str, finals: dict[str, dict]) -> str:
         ax.set_title(f"{name}")
         ax.set_xlabel("step")
         metric = next((k for k in ("val_pair_accuracy", "val_masked_accuracy", "val_rtd_accuracy", "val_token_accuracy",
-                                   "val_contrastive_accuracy", "val_simcse_contrastive_accuracy")
+                                   "val_uniformity", "val_simcse_uniformity")
                        if k in finals[name]), None)
         if metric:
             ax.set_title(f"{name} (final {metric[4:]} {finals[name][metric]:.3f})")

@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from stratalm.tasks import evaluate, predict
-from stratalm.tasks.finetune import FinetuneConfig, finetune
+from stratalm.tasks.finetune import FinetuneConfig, finetune, finetune_loop
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba-eng-fra-5k" / "eng-fra.txt"
 
@@ -53,15 +53,15 @@ def split(folder: Path, held_out: int, seed: int, limit: int) -> dict:
 def config(folder: Path, out: Path, max_steps: int, args: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig(
         task="seq2seq", model=args.model, train=str(folder / "train.txt"), dev=None, out=str(out),
-        task_options={"tokenizer_from_train": args.vocab, "max_new_tokens": 48}, epochs=args.epochs,
-        max_steps=max_steps, batch_size=args.batch_size, lr=args.lr, warmup=0.05, weight_decay=0.01,
-        max_length=64, seed=args.seed, progress=not args.quiet)
+        task_options={"tokenizer_from_train": args.vocab, "max_new_tokens": 48}, epochs=args.epochs, max_length=64,
+        loop=finetune_loop(max_steps=max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=0.05,
+                           weight_decay=0.01, seed=args.seed, progress=not args.quiet))
 
 
 def steps_per_second(out: Path) -> float:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["examples_per_s"] for r in lines if "examples_per_s" in r]
-    return sum(rates) / len(rates) / yaml.safe_load((out / "run.yaml").read_text())["batch_size"]
+    return sum(rates) / len(rates) / yaml.safe_load((out / "run.yaml").read_text())["loop"]["batch_size"]
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import torch
 import stratalm
 from stratalm.errors import CheckpointError
 from stratalm.families import preset
-from stratalm.io import COMMITTED, PENDING, pending_folder, recover
+from stratalm.checkpoint import COMMITTED, PENDING, pending_folder, recover
 from stratalm.models import CausalLM
 from stratalm.tokenize import train_char
 
@@ -49,7 +49,7 @@ def test_a_crash_after_the_commit_marker_is_finished_on_the_next_start(tmp_path)
     stratalm.save(small_model(), str(folder))
     newer = small_model()
     staging = pending_folder(str(folder))
-    from stratalm.io import write_model_files
+    from stratalm.checkpoint.native import write_model_files
 
     write_model_files(newer, staging)
     open(os.path.join(staging, COMMITTED), "w").close()

@@ -73,7 +73,7 @@ def test_sentence_pairs_with_named_labels(tmp_path, capsys):
 
 
 def test_pairs_get_token_types_zero_then_one():
-    from stratalm.tasks.base import encode_texts
+    from stratalm.tasks.common import encode_texts
     from stratalm.tokenize import train_char
 
     tokenizer = train_char(["abc def"])
@@ -100,7 +100,7 @@ def test_export_to_transformers_gives_the_same_logits(tmp_path):
     assert theirs.config.num_labels == 2
 
     from stratalm.tasks import load_finetuned
-    from stratalm.tasks.base import text_batch
+    from stratalm.tasks.common import text_batch
 
     ours, task, _ = load_finetuned(str(out))
     examples = task.read(str(dev))

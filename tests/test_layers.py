@@ -31,7 +31,7 @@ def test_attention_matches_the_formula_with_causal_and_padding_masks(n_heads, n_
     padding = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
     for causal in (True, False):
         mask, is_causal = attention_mask_for(padding, 7, 7, causal, x.device)
-        got, _ = attn(x, mask, is_causal)
+        got, _ = attn(x, mask=mask, is_causal=is_causal)
         B, T, hd = 2, 7, cfg.dim_per_head
         q, k, v = attn.qkv(x).split([n_heads * hd, n_kv_heads * hd, n_kv_heads * hd], -1)
         q = q.view(B, T, n_heads, hd).transpose(1, 2)
@@ -43,7 +43,7 @@ def test_attention_matches_the_formula_with_causal_and_padding_masks(n_heads, n_
         want = attn.out(reference_attention(q, k, v, want_mask).transpose(1, 2).reshape(B, T, -1))
         real = padding.bool()  # outputs at padding positions are ignored by design
         assert (got - want)[real].abs().max() < 1e-5
-        weighted, weights = attn(x, mask, is_causal, need_weights=True)
+        weighted, weights = attn(x, mask=mask, is_causal=is_causal, need_weights=True)
         assert (weighted - want)[real].abs().max() < 1e-5
         assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-5)
 
@@ -106,8 +106,8 @@ def test_pre_and_post_norm_blocks():
     for position in ("pre", "post"):
         cfg = preset("tiny", d_model=32, n_heads=4, d_ff=64, norm_position=position)
         block = Block(cfg).eval()
-        out, _ = block(x, None, True)
-        a, _ = block.attn(block.attn_norm(x) if position == "pre" else x, None, True)
+        out, _ = block(x, is_causal=True)
+        a, _ = block.attn(block.attn_norm(x) if position == "pre" else x, is_causal=True)
         if position == "pre":
             h = x + a
             want = h + block.ff(block.ff_norm(h))
@@ -122,6 +122,6 @@ def test_dropout_is_active_only_in_training():
     block = Block(cfg)
     x = torch.randn(2, 5, 32)
     block.train()
-    assert not torch.equal(block(x, None, True)[0], block(x, None, True)[0])
+    assert not torch.equal(block(x, is_causal=True)[0], block(x, is_causal=True)[0])
     block.eval()
-    assert torch.equal(block(x, None, True)[0], block(x, None, True)[0])
+    assert torch.equal(block(x, is_causal=True)[0], block(x, is_causal=True)[0])

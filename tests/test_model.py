@@ -12,7 +12,7 @@ from stratalm.models import CausalLM
 def load_hf_weights(ours, hf_model):
     """Copy an HF model's weights into ours through the family's weight map."""
     from stratalm.families import FAMILIES
-    from stratalm.io import model_state
+    from stratalm.checkpoint.weights import model_state
 
     family = FAMILIES[ours.config.family]
     state = family.from_hf_state(hf_model.state_dict(), ours.config, "test", set(model_state(ours)))

@@ -12,7 +12,8 @@ from stratalm.errors import ConfigError, DataError
 from stratalm.families import FAMILIES, preset
 from stratalm.models import build_model
 from stratalm.models.seq2seq import t5_init
-from stratalm.tasks.seq2seq import Seq2SeqTask, bleu_and_chrf, read_pairs
+from stratalm.tasks.data_files import read_pairs as read_table_pairs
+from stratalm.tasks.seq2seq import FLAGS, SOURCE_COLUMNS, TARGET_COLUMNS, Seq2SeqTask, bleu_and_chrf
 from stratalm.tokenize import train_bpe
 
 from conftest import SHARED_DATA, run_cli
@@ -30,6 +31,11 @@ def toy_pairs(path, n: int, seed: int) -> None:
 
 
 # -- readers -------------------------------------------------------------------------------------
+def read_pairs(path: str, source_column, target_column):
+    """The pair reader as the seq2seq task calls it (its default column names and flags)."""
+    return read_table_pairs(path, source_column, target_column, (SOURCE_COLUMNS, TARGET_COLUMNS), FLAGS)
+
+
 def test_pair_readers_and_their_errors(tmp_path):
     headerless = tmp_path / "pairs.txt"
     headerless.write_text("Go.\tVa !\tCC-BY attribution\nHi.\tSalut !\tCC-BY attribution\n")

@@ -101,7 +101,7 @@ def test_export_to_transformers_gives_the_same_logits(tmp_path):
     theirs = transformers.BertForTokenClassification.from_pretrained(tmp_path / "hf").eval()
 
     from stratalm.tasks import load_finetuned
-    from stratalm.tasks.base import text_batch
+    from stratalm.tasks.common import text_batch
 
     ours, task, _ = load_finetuned(str(out))
     batch = text_batch(task.encode(task.read(str(train))[:8], ours.tokenizer, 64), ours.tokenizer.pad_id)

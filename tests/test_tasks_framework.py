@@ -195,14 +195,14 @@ def test_layer_decay_gives_each_depth_its_learning_rate(toy):
 
 # -- resume ----------------------------------------------------------------------------------------
 def test_an_interrupted_run_resumes_to_the_same_weights(toy, tmp_path, monkeypatch, capsys):
-    from stratalm.tasks.finetune import FineTuner
+    from stratalm.loop import Loop
 
     args = ["--dev", toy["dev"], "--max-steps", "12", "--eval-every", "6", "--save-every", "4", "--log-every", "2",
             "--layer-decay", "0.9"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(finetune_args(toy, whole, *args)) == 0
 
-    original, calls = FineTuner.train_step, {"n": 0}
+    original, calls = Loop.train_step, {"n": 0}
 
     def interrupted(self):
         calls["n"] += 1
@@ -210,9 +210,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(toy, tmp_path, monkeypat
             raise KeyboardInterrupt  # a kill during step 6: the last checkpoint is step 4's
         return original(self)
 
-    monkeypatch.setattr(FineTuner, "train_step", interrupted)
+    monkeypatch.setattr(Loop, "train_step", interrupted)
     assert main(finetune_args(toy, parts, *args)) == 130
-    monkeypatch.setattr(FineTuner, "train_step", original)
+    monkeypatch.setattr(Loop, "train_step", original)
     assert json.loads((parts / "last" / "trainer_state.json").read_text())["step"] == 4
     assert main(finetune_args(toy, parts, *args, "--resume")) == 0
     assert "resuming from step 4" in capsys.readouterr().out

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from conftest import run_cli, run_two_processes, small_char_corpus
 from stratalm.errors import ConfigError, OutputExistsError
-from stratalm.train import pretrain
-from stratalm.train.config import build_run_config
-from stratalm.train.optim import learning_rate
+from stratalm.loop import pretrain
+from stratalm.loop import build_run_config
+from stratalm.loop.optim import learning_rate
 
 TINY = {"preset": "tiny", "n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "max_seq_len": 32}
 
@@ -75,9 +75,9 @@ def test_schedule_warms_up_then_decays_to_min_lr():
 
 
 def test_weight_decay_only_on_matrices(char_data, tmp_path):
-    from stratalm.train.trainer import Trainer
+    from stratalm.loop import pretraining_loop
 
-    trainer = Trainer(run_config(char_data, tmp_path / "r", max_steps=1))
+    trainer = pretraining_loop(run_config(char_data, tmp_path / "r", max_steps=1))
     decay, no_decay = trainer.optimizer.param_groups
     assert decay["weight_decay"] > 0 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0 and all(p.dim() == 1 for p in no_decay["params"])

@@ -1,11 +1,35 @@
-"""stratalm: build, pretrain, fine-tune, inspect and serve Transformer language models."""
-__version__ = "0.1.0"
+"""stratalm: build, pretrain, fine-tune, inspect and serve Transformer language models.
 
-from .errors import StratalmError  # noqa: E402
-from .model_config import ModelConfig  # noqa: E402
-from .families import preset  # noqa: E402
-from .io import load, save  # noqa: E402
-from .generate import generate  # noqa: E402
-from .embed import encode  # noqa: E402
+The names below load on first use, so `import stratalm` (and the `stratalm` command's --help) does
+not pay for importing PyTorch until a model is needed."""
+import sys
+import types
+
+from .errors import StratalmError
+from .lazy import lazy_attributes
+from .version import __version__
+
+__getattr__ = lazy_attributes(__name__, {
+    "ModelConfig": ".model_config", "preset": ".families", "load": ".checkpoint", "save": ".checkpoint",
+    "encode": ".embed",
+})
+
+
+class _Package(types.ModuleType):
+    """`stratalm.generate` is the function, though the subpackage that defines it has the same name:
+    a property outranks the attribute the import system sets on the package for the subpackage."""
+
+    @property
+    def generate(self):
+        from .generate import generate
+
+        return generate
+
+    @generate.setter
+    def generate(self, _subpackage) -> None:
+        pass  # the subpackage stays reachable as sys.modules["stratalm.generate"] and by `from ... import`
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["__version__", "StratalmError", "ModelConfig", "preset", "load", "save", "generate", "encode"]

@@ -22,8 +22,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def _pretrain(args: argparse.Namespace) -> None:
     from .config_fields import merge_nested, parse_overrides
-    from .train import pretrain
-    from .train.config import build_run_config
+    from .loop.pretraining import build_run_config, pretrain
 
     flags: dict = {}
     if args.data:
@@ -41,13 +40,14 @@ def _pretrain(args: argparse.Namespace) -> None:
     run = build_run_config(args.config, merge_nested(parse_overrides(args.overrides), flags))
     result = pretrain(run, resume=args.resume, overwrite=args.overwrite)
     if "val_loss" in result:
-        from .train.trainer import describe_scores
+        from .loop.pretraining import describe_scores
 
         print(f"final {describe_scores(result)}; checkpoint in {run.out}")
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from . import generate, load
+    from .checkpoint import load
+    from .generate import generate
 
     model = load(args.model_dir)
     print(args.prompt, end="", flush=True)
@@ -68,20 +68,13 @@ def _info(args: argparse.Namespace) -> None:
 def _convert(args: argparse.Namespace) -> None:
     import os
 
-    from . import load, save
+    from .checkpoint import is_native, load, save
     from .errors import OutputExistsError
-    from .io import read_config
 
-    source_format = "stratalm" if "stratalm_version" in read_config(args.src) else "hf"
-    target = args.to or ("hf" if source_format == "stratalm" else "stratalm")
+    target = args.to or ("hf" if is_native(args.src) else "stratalm")
     if os.path.exists(args.dst) and os.listdir(args.dst) and not args.overwrite:
         raise OutputExistsError(f"'{args.dst}' already exists and is not empty; choose another destination or pass --overwrite.")
-    model = load(args.src)
-    from .tasks.lora import has_adapter, load_adapter, merge_lora
-
-    if has_adapter(args.src):  # a LoRA fine-tune: export the adapted weights, not the bare base
-        load_adapter(model, args.src)
-        merge_lora(model)
+    model = load(args.src)  # a LoRA fine-tune comes with its adapter merged: the export is the adapted model
     save(model, args.dst, format=target)
     print(f"wrote {args.dst} ({target} format, {model.config.family})")
 
@@ -105,16 +98,44 @@ def _task_flags(args: argparse.Namespace) -> dict:
     return {key: getattr(args, key) for key in all_options() if hasattr(args, key)}
 
 
-def _finetune(args: argparse.Namespace) -> None:
-    from .tasks.finetune import FinetuneConfig, finetune
+# `stratalm finetune` flags -> keys of FinetuneConfig ("loop." for the loop's own knobs).
+FINETUNE_FLAGS: dict[str, tuple[str, type]] = {
+    "task": ("task", str), "model": ("model", str), "train": ("train", str), "dev": ("dev", str), "out": ("out", str),
+    "epochs": ("epochs", float), "max_steps": ("loop.max_steps", int), "batch_size": ("loop.batch_size", int),
+    "grad_accum": ("loop.grad_accum", int), "lr": ("loop.lr", float), "warmup": ("loop.warmup_steps", float),
+    "weight_decay": ("loop.weight_decay", float), "grad_clip": ("loop.grad_clip", float),
+    "max_length": ("max_length", int), "max_train_examples": ("max_train_examples", int), "seed": ("loop.seed", int),
+    "eval_every": ("loop.eval_every", int), "save_every": ("loop.save_every", int), "log_every": ("loop.log_every", int),
+    "eval_batch_size": ("loop.eval_batch_size", int), "best_metric": ("best_metric", str), "device": ("loop.device", str),
+    "precision": ("loop.precision", str), "train_only": ("train_only", str), "freeze_layers": ("freeze_layers", int),
+    "layer_decay": ("layer_decay", float), "lora_rank": ("lora_rank", int), "lora_alpha": ("lora_alpha", float),
+    "lora_dropout": ("lora_dropout", float), "lora_targets": ("lora_targets", str),
+}
+FINETUNE_SWITCHES = {"freeze_embeddings": "freeze_embeddings", "merge_lora": "merge_lora", "compile": "loop.compile",
+                     "tensorboard": "loop.tensorboard"}
 
-    values = {k: v for k, v in vars(args).items() if k in FinetuneConfig.__dataclass_fields__ and v is not None}
-    result = finetune(FinetuneConfig(**{**values, "task_options": _task_flags(args), "progress": not args.quiet}),
-                      resume=args.resume, overwrite=args.overwrite)
+
+def _finetune(args: argparse.Namespace) -> None:
+    from .config_fields import dotted_to_nested, merge_nested, parse_overrides
+    from .errors import ConfigError
+    from .tasks.finetune import build_finetune_config, finetune
+
+    flags = {key: getattr(args, name) for name, (key, _) in FINETUNE_FLAGS.items() if getattr(args, name) is not None}
+    flags.update({key: True for name, key in FINETUNE_SWITCHES.items() if getattr(args, name)})
+    if args.quiet:
+        flags["loop.progress"] = False
+    nested = dotted_to_nested(flags)
+    task_flags = _task_flags(args)
+    if task_flags:
+        nested["task_options"] = task_flags
+    cfg = build_finetune_config(args.config, merge_nested(parse_overrides(args.overrides), nested))
+    if not args.config and args.task is None and "task" not in parse_overrides(args.overrides):
+        raise ConfigError("--task is required (or a --config file that sets task).")
+    result = finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     best = result["best"]
     if best:
         print(f"best dev {result['metric']} {best[result['metric']]:.4f} at step {result['best_step']}; "
-              f"fine-tuned model in {args.out}")
+              f"fine-tuned model in {cfg.out}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -141,9 +162,10 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _add_task_parsers(sub) -> None:
+    from .config_fields import field_help
     from .tasks import all_options, task_names
-    from .tasks.base import Option
-    from .tasks.finetune import FinetuneConfig
+    from .tasks.finetune_config import FinetuneConfig, finetune_config_help
+    from .tasks.options import Option
 
     def task_flags(p: argparse.ArgumentParser) -> None:
         group = p.add_argument_group("task options (each applies to the tasks that declare it)")
@@ -151,28 +173,23 @@ def _add_task_parsers(sub) -> None:
             kind = {"action": "store_true"} if spec.type is bool else {"type": spec.type}
             group.add_argument(Option.flag(key), dest=key, default=argparse.SUPPRESS, help=spec.help, **kind)
 
-    def helps(name: str) -> str:
-        field = FinetuneConfig.__dataclass_fields__[name]
-        return f"{field.metadata['help']} (default {field.default!r})"
-
-    p = sub.add_parser("finetune", help="fine-tune a pretrained model on a task (classification, tagging, ...)")
-    p.add_argument("--task", required=True, help=f"one of: {', '.join(task_names())}")
-    p.add_argument("--model", required=True, help="pretrained model folder (stratalm or Hugging Face), or for seq2seq a preset name with --tokenizer-from-train")
-    p.add_argument("--train", required=True, help="training data file")
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model on a task (classification, tagging, ...)",
+                       epilog=finetune_config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", help=f"one of: {', '.join(task_names())}")
+    p.add_argument("--model", help="pretrained model folder (stratalm or Hugging Face), or for seq2seq a preset name with --tokenizer-from-train")
+    p.add_argument("--train", help="training data file")
     p.add_argument("--dev", help="dev data file: evaluated during training; the best weights by its metric are kept")
-    p.add_argument("--out", required=True, help="output folder: the fine-tuned model, task.json, metrics.jsonl")
-    for name, kind in [("epochs", float), ("max_steps", int), ("batch_size", int), ("lr", float), ("warmup", float),
-                       ("weight_decay", float), ("grad_clip", float), ("max_length", int), ("max_train_examples", int),
-                       ("seed", int), ("eval_every", int), ("save_every", int), ("log_every", int),
-                       ("eval_batch_size", int), ("best_metric", str), ("device", str), ("train_only", str),
-                       ("freeze_layers", int), ("layer_decay", float), ("lora_rank", int), ("lora_alpha", float),
-                       ("lora_dropout", float), ("lora_targets", str)]:
-        p.add_argument(Option.flag(name), type=kind, help=helps(name))
-    p.add_argument("--freeze-embeddings", action="store_true", default=None, help=helps("freeze_embeddings"))
-    p.add_argument("--merge-lora", action="store_true", default=None, help=helps("merge_lora"))
+    p.add_argument("--out", help="output folder: the fine-tuned model, task.json, metrics.jsonl")
+    p.add_argument("--config", help="YAML file with config keys (see below); flags and key=value overrides win")
+    for name, (key, kind) in FINETUNE_FLAGS.items():
+        if name not in ("task", "model", "train", "dev", "out"):
+            p.add_argument(Option.flag(name), type=kind, help=f"same as {key}: {field_help(FinetuneConfig(), key)}")
+    for name, key in FINETUNE_SWITCHES.items():
+        p.add_argument(Option.flag(name), action="store_true", help=f"same as {key}=true: {field_help(FinetuneConfig(), key)}")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run saved in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (loop.progress=false)")
+    p.add_argument("overrides", nargs="*", help="config overrides as dotted keys, e.g. loop.lr=3e-5 loop.grad_accum=2")
     task_flags(p)
     p.set_defaults(func=_finetune)
 
@@ -190,7 +207,7 @@ def _add_task_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train.config import config_help
+    from .loop.run_config import config_help
 
     parser = argparse.ArgumentParser(prog="stratalm", description="Build, pretrain and sample Transformer language models.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -140,3 +140,12 @@ def describe(cls_or_obj: Any, prefix: str = "") -> list[str]:
         else:
             lines.append(f"  {prefix}{f.name} = {value!r}  # {f.metadata.get('help', '')}")
     return lines
+
+
+def field_help(obj: Any, dotted: str) -> str:
+    """`help (default value)` of the field `dotted` (e.g. "loop.lr") of dataclass `obj`."""
+    *sections, name = dotted.split(".")
+    for section in sections:
+        obj = getattr(obj, section)
+    spec = next(f for f in dataclasses.fields(obj) if f.name == name)
+    return f"{spec.metadata.get('help', '')} (default {getattr(obj, name)!r})"

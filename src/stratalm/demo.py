@@ -25,10 +25,10 @@ def write_corpus(path: str) -> int:
 
 
 def run_demo(out: str = "runs/demo", steps: int | None = None) -> None:
-    from . import generate, load
+    from .checkpoint import load
+    from .generate import generate
     from .data import prepare
-    from .train import pretrain
-    from .train.config import build_run_config
+    from .loop.pretraining import build_run_config, pretrain
 
     if os.path.exists(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)):
         raise OutputExistsError(f"'{out}' exists and is not a demo folder; choose another --out.")

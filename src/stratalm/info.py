@@ -7,29 +7,12 @@ from typing import Any
 
 import torch
 
-# Parts of a stack (after "stack.", "encoder." or "decoder.") and heads; the first match wins.
-STACK_PARTS = [
-    ("tok_embed", "embeddings"), ("positions", "embeddings"), ("token_types", "embeddings"),
-    ("embed_norm", "embeddings"), ("embed_proj", "embeddings"), ("rel_bias", "position bias"),
-    ("final_norm", "final norm"),
-]
-BLOCK_PARTS = [("attn.", "attention"), ("cross_attn.", "cross-attention"), ("ff.", "feed-forward"), ("", "block norms")]
-HEADS = [("lm_head", "LM head"), ("mlm_head", "MLM head"), ("pooler", "pooler"), ("nsp_head", "next-sentence head"),
-         ("rtd_head", "replaced-token head"), ("classifier", "classifier"),
-         ("token_classifier", "token classifier"), ("qa_head", "span QA head")]
-STACKS = {"stack": "", "encoder": "encoder ", "decoder": "decoder "}
+from .models.anatomy import part_of
 
 
 def component_of(name: str) -> str:
-    stack, _, rest = name.partition(".")
-    if stack not in STACKS:
-        return next((label for prefix, label in HEADS if name.startswith(prefix)), "other")
-    if rest.startswith("blocks."):
-        inner = rest.split(".", 2)[2]  # blocks.<i>.<inner>
-        part = next(label for key, label in BLOCK_PARTS if inner.startswith(key))
-    else:
-        part = next((label for key, label in STACK_PARTS if rest.startswith(key)), "other")
-    return STACKS[stack] + part
+    """The component a parameter counts under ("encoder attention", "MLM head"): models/anatomy.py's label."""
+    return part_of(name).label
 
 
 def describe_model(model: torch.nn.Module) -> dict[str, Any]:
@@ -40,7 +23,8 @@ def describe_model(model: torch.nn.Module) -> dict[str, Any]:
         if id(param) in seen:
             continue  # a tied head is the embedding: counted once
         seen.add(id(param))
-        counts[component_of(name)] = counts.get(component_of(name), 0) + param.numel()
+        component = component_of(name)
+        counts[component] = counts.get(component, 0) + param.numel()
     return {
         "family": c.family, "stack": c.stack, "layers": c.n_layers, "d_model": c.d_model, "heads": c.n_heads,
         "kv_heads": c.kv_heads, "head_dim": c.dim_per_head, "d_ff": c.d_ff, "vocab_size": c.vocab_size,
@@ -53,7 +37,7 @@ def describe_model(model: torch.nn.Module) -> dict[str, Any]:
 
 def load_for_info(path_or_preset: str) -> torch.nn.Module:
     from .families import preset
-    from .io import load
+    from .checkpoint import load
     from .models import build_model
 
     if os.path.exists(path_or_preset):

@@ -62,6 +62,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        *,
         mask: Optional[torch.Tensor] = None,
         is_causal: bool = False,
         rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,

@@ -38,6 +38,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        *,
         mask: Optional[torch.Tensor] = None,
         is_causal: bool = False,
         rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
@@ -48,15 +49,17 @@ class Block(nn.Module):
         memory_mask: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self.pre_norm:
-            a, weights = self.attn(self.attn_norm(x), mask, is_causal, rotary, cache, need_weights, layer)
+            a, weights = self.attn(self.attn_norm(x), mask=mask, is_causal=is_causal, rotary=rotary, cache=cache,
+                                   need_weights=need_weights, layer=layer)
             x = x + self._drop(a)
             if self.cross:
-                c, _ = self.cross_attn(self.cross_norm(x), memory_mask, False, None, cache, False, layer, memory)
+                c, _ = self.cross_attn(self.cross_norm(x), mask=memory_mask, cache=cache, layer=layer, memory=memory)
                 x = x + self._drop(c)
             return x + self._drop(self.ff(self.ff_norm(x))), weights
-        a, weights = self.attn(x, mask, is_causal, rotary, cache, need_weights, layer)
+        a, weights = self.attn(x, mask=mask, is_causal=is_causal, rotary=rotary, cache=cache, need_weights=need_weights,
+                               layer=layer)
         x = self.attn_norm(x + self._drop(a))
         if self.cross:
-            c, _ = self.cross_attn(x, memory_mask, False, None, cache, False, layer, memory)
+            c, _ = self.cross_attn(x, mask=memory_mask, cache=cache, layer=layer, memory=memory)
             x = self.cross_norm(x + self._drop(c))
         return self.ff_norm(x + self._drop(self.ff(x))), weights

@@ -40,7 +40,8 @@ class CausalLM(nn.Module):
         """`logits_to_keep` > 0 applies the head to the last that many positions only (as in
         `transformers`): decoding needs the last one, and the head is the largest matrix."""
         x, hidden, attentions = self.stack(
-            input_ids, attention_mask, position_ids, cache, output_hidden_states, output_attentions
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
         )
         logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep > 0 else x)
         return ModelOutput(logits=logits, hidden_states=hidden, attentions=attentions, last_hidden_state=x)

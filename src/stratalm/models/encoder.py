@@ -44,7 +44,8 @@ class EncoderModel(nn.Module):
         output_attentions: bool = False,
     ) -> ModelOutput:
         x, hidden, attentions = self.stack(
-            input_ids, attention_mask, position_ids, None, output_hidden_states, output_attentions, token_type_ids
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
         )
         pooled = self.pooler(x) if self.pooler is not None else None
         if self.classifier is not None:

@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from .anatomy import is_embedding_table
+
 
 @dataclass
 class ModelOutput:
@@ -21,13 +23,10 @@ class ModelOutput:
     rtd_labels: Optional[torch.Tensor] = None  # (B, T): 1 where the generator's sample differs from the original
 
 
-EMBEDDING_PARTS = ("tok_embed.", "positions.", "token_types.")
-
-
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     """Unique parameters (a tied or shared tensor counts once), split into the embedding tables
     and the rest."""
     unique = dict(model.named_parameters())  # named_parameters already skips repeated tensors
     total = sum(p.numel() for p in unique.values())
-    embedding = sum(p.numel() for n, p in unique.items() if any(part in n for part in EMBEDDING_PARTS))
+    embedding = sum(p.numel() for n, p in unique.items() if is_embedding_table(n))
     return {"total": total, "embeddings": embedding, "non_embedding": total - embedding}

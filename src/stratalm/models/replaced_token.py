@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from ..model_config import ModelConfig
+from .anatomy import EMBEDDING_TABLES
 from .encoder import EncoderModel
 from .output import ModelOutput, parameter_counts
 
-SHARED_EMBEDDINGS = ("tok_embed", "positions", "token_types", "embed_norm")
+# The generator keeps its own embed_proj: its hidden size differs from the shared tables' width.
+SHARED_EMBEDDINGS = EMBEDDING_TABLES + ("embed_norm",)
 
 
 def generator_config(discriminator: ModelConfig, ratio: float) -> ModelConfig:

@@ -40,7 +40,7 @@ class EncoderDecoderModel(nn.Module):
         self.tokenizer = None
 
     def encode(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.encoder(input_ids, attention_mask)[0]  # (B, S, C)
+        return self.encoder(input_ids, attention_mask=attention_mask)[0]  # (B, S, C)
 
     def forward(
         self,
@@ -58,12 +58,13 @@ class EncoderDecoderModel(nn.Module):
         skips the encoder (decoding reuses it at every step)."""
         encoder_hidden = None
         if encoder_output is None:
-            encoder_output, encoder_hidden, _ = self.encoder(input_ids, attention_mask,
+            encoder_output, encoder_hidden, _ = self.encoder(input_ids, attention_mask=attention_mask,
                                                              output_hidden_states=output_hidden_states)
         if decoder_input_ids is None:
             decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
         x, hidden, attentions = self.decoder(
-            decoder_input_ids, decoder_attention_mask, None, cache, output_hidden_states, output_attentions,
+            decoder_input_ids, attention_mask=decoder_attention_mask, cache=cache,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
             memory=encoder_output, memory_mask=attention_mask,
         )
         if self.config.lm_head_scale:
@@ -86,18 +87,28 @@ def t5_init(model: nn.Module) -> None:
     attention nearly uniform and a small model barely learns to read its source."""
     c = model.config
     inner = c.n_heads * c.dim_per_head
-    fan_in = {"attn.out.weight": inner, "cross_attn.out.weight": inner, "cross_attn.q.weight": c.d_model * c.dim_per_head,
-              "cross_attn.kv.weight": c.d_model, "ff.up.weight": c.d_model, "ff.down.weight": c.d_ff,
-              "rel_bias.weight": c.d_model}
+    q_std, kv_std = (c.d_model * c.dim_per_head) ** -0.5, c.d_model ** -0.5
+    # Each projection's std is fan_in^-0.5, found through the modules (no name matching); a block's
+    # norms and all biases keep init_weights' values. The fused self-attention qkv gets two stds.
+    std: dict[int, float] = {}
+    qkv: set[int] = set()
+    for stack in (model.encoder, model.decoder):
+        if stack.rel_bias is not None:
+            std[id(stack.rel_bias.weight)] = c.d_model ** -0.5
+        for block in stack.blocks:
+            qkv.add(id(block.attn.qkv.weight))
+            std[id(block.attn.out.weight)] = inner ** -0.5
+            if block.cross:
+                std[id(block.cross_attn.q.weight)], std[id(block.cross_attn.kv.weight)] = q_std, kv_std
+                std[id(block.cross_attn.out.weight)] = inner ** -0.5
+            std[id(block.ff.up.weight)], std[id(block.ff.down.weight)] = c.d_model ** -0.5, c.d_ff ** -0.5
     with torch.no_grad():
         model.encoder.tok_embed.weight.normal_(0.0, 1.0)
         if not c.tie_embeddings:
             model.lm_head.weight.normal_(0.0, 1.0)
-        for name, param in model.named_parameters():
-            if name.endswith(".attn.qkv.weight"):  # rows: queries, then keys and values
-                param[:inner].normal_(0.0, (c.d_model * c.dim_per_head) ** -0.5)
-                param[inner:].normal_(0.0, c.d_model ** -0.5)
-                continue
-            suffix = next((s for s in fan_in if name.endswith("." + s)), None)
-            if suffix is not None:
-                param.normal_(0.0, fan_in[suffix] ** -0.5)
+        for param in model.parameters():  # in this order, so a seed gives the same weights
+            if id(param) in qkv:  # rows: queries, then keys and values
+                param[:inner].normal_(0.0, q_std)
+                param[inner:].normal_(0.0, kv_std)
+            elif id(param) in std:
+                param.normal_(0.0, std[id(param)])

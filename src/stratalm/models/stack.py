@@ -10,6 +10,7 @@ from torch import nn
 
 from ..layers import AbsolutePositions, Block, KVCache, Linear, RelativePositionBias, RotaryEmbedding, make_norm
 from ..model_config import ModelConfig
+from .anatomy import init_role
 from .masks import add_position_bias, attention_mask_for
 
 
@@ -48,6 +49,7 @@ class TransformerStack(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
+        *,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
         cache: Optional[KVCache] = None,
@@ -82,7 +84,10 @@ class TransformerStack(nn.Module):
 
         hidden, attentions = ([x] if output_hidden_states else None), ([] if output_attentions else None)
         for layer, index in enumerate(self.layer_plan):
-            x, weights = self.blocks[index](x, mask, is_causal, rotary, cache, output_attentions, layer, memory, memory_mask)
+            x, weights = self.blocks[index](
+                x, mask=mask, is_causal=is_causal, rotary=rotary, cache=cache, need_weights=output_attentions,
+                layer=layer, memory=memory, memory_mask=memory_mask,
+            )
             if hidden is not None:
                 hidden.append(x)
             if attentions is not None:
@@ -112,11 +117,12 @@ def init_weights(module: nn.Module, config: ModelConfig) -> None:
     for name, param in module.named_parameters():
         if param.device.type == "meta":
             continue  # a tied head before it is tied (and normal_ on meta allocates a real matrix)
-        if name.endswith("bias"):
+        role = init_role(name)
+        if role == "bias":
             nn.init.zeros_(param)
-        elif "norm" in name:
+        elif role == "norm":
             nn.init.ones_(param)
-        elif name.endswith(("attn.out.weight", "ff.down.weight")):
+        elif role == "residual":
             nn.init.normal_(param, 0.0, residual_std)
         else:
             nn.init.normal_(param, 0.0, config.init_std)

@@ -1,64 +1,15 @@
 """Level 3: pretraining objectives. Each turns windows of token ids into model inputs + targets,
-and the model's output into a loss and metrics."""
+and the model's output into a loss and metrics. Names load on first use (settings.py has no torch)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from ..lazy import lazy_attributes
 
-from ..errors import ConfigError
-from ..tokenize import Tokenizer
-from .base import Objective
-from .clm import CausalLMObjective
-from .mixture import Mixture
-from .mlm import MaskedLMObjective, Masker, MaskingConfig
-from .pairs import SentencePairObjective
-from .rtd import ReplacedTokenConfig, ReplacedTokenObjective
-from .simcse import ContrastiveConfig, ContrastiveObjective
-from .span import SpanCorruptionObjective
-
-# name -> (class, the run-config section that holds its options)
-OBJECTIVES: dict[str, tuple[type[Objective], Optional[str]]] = {
-    "clm": (CausalLMObjective, None), "mlm": (MaskedLMObjective, "mlm"), "span": (SpanCorruptionObjective, None),
-    "rtd": (ReplacedTokenObjective, "rtd"), "simcse": (ContrastiveObjective, "simcse"),
-}
-# Sentence-pair objectives, alone or with masking of the same inputs: name -> (kind, with_mlm)
-PAIRS = {"nsp": ("nsp", False), "sop": ("sop", False), "mlm+nsp": ("nsp", True), "mlm+sop": ("sop", True)}
-
-
-def _section(options: Any, name: Optional[str]) -> Any:
-    """The options of one objective: `options` is a run config (with mlm, rtd, simcse sections),
-    or, for a single objective, its own options object."""
-    if options is None or name is None:
-        return None
-    return getattr(options, name) if hasattr(options, name) else options
-
-
-def _single(name: str, tokenizer: Optional[Tokenizer], options: Any) -> Objective:
-    if name in PAIRS:
-        kind, with_mlm = PAIRS[name]
-        return SentencePairObjective(tokenizer, _section(options, "mlm"), with_mlm=with_mlm, kind=kind)
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective '{name}'; choose one of: {', '.join([*OBJECTIVES, *PAIRS])}, "
-                          f"or a mixture such as mlm+simcse:0.1.")
-    cls, section = OBJECTIVES[name]
-    return cls(tokenizer, _section(options, section))
-
-
-def get_objective(name: str, tokenizer: Optional[Tokenizer] = None, options: Optional[Any] = None) -> Objective:
-    """The objective called `name` with its options (the run config, or one objective's options).
-    `a+b:0.5` is a weighted mixture: each component's loss times its weight (default 1)."""
-    name = name.replace(" ", "")
-    if name in PAIRS or ("+" not in name and ":" not in name):
-        return _single(name, tokenizer, options)
-    components = []
-    for part in name.split("+"):
-        component, _, weight = part.partition(":")
-        try:
-            value = float(weight) if weight else 1.0
-        except ValueError:
-            raise ConfigError(f"the weight in '{part}' is not a number; write mixtures as mlm+simcse:0.1.") from None
-        components.append((_single(component, tokenizer, options), value))
-    return Mixture(components)
-
+__getattr__ = lazy_attributes(__name__, {
+    "Objective": ".base", "CausalLMObjective": ".clm", "MaskedLMObjective": ".mlm", "Masker": ".mlm",
+    "MaskingConfig": ".settings", "SpanCorruptionObjective": ".span", "SentencePairObjective": ".pairs",
+    "ReplacedTokenObjective": ".rtd", "ReplacedTokenConfig": ".settings", "ContrastiveObjective": ".simcse",
+    "ContrastiveConfig": ".settings", "Mixture": ".mixture", "OBJECTIVES": ".registry", "get_objective": ".registry",
+})
 
 __all__ = ["Objective", "CausalLMObjective", "MaskedLMObjective", "Masker", "MaskingConfig", "SpanCorruptionObjective",
            "SentencePairObjective", "ReplacedTokenObjective", "ReplacedTokenConfig", "ContrastiveObjective",

@@ -44,6 +44,13 @@ class Objective(ABC):
         """(objective, weight, inputs, targets) per backward pass: one, or one per mixed objective."""
         return [(self, 1.0, inputs, targets)]
 
+    def validation_scores(self, model: torch.nn.Module, batch_size: int = 64) -> dict[str, float]:
+        """Held-out measures that are not means over evaluation batches (a rank correlation over a
+        whole file), computed once per evaluation, after the batches; none by default. The loop
+        logs each as `val_<name>`. Every process calls it (a sharded model needs all of them in
+        its forwards) and gets the same numbers."""
+        return {}
+
     @abstractmethod
     def prepare(self, windows: torch.Tensor, rng: torch.Generator, documents: Optional[torch.Tensor] = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

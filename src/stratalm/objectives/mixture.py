@@ -64,5 +64,10 @@ class Mixture(Objective):
         metrics["loss"] = total.detach()
         return total, metrics
 
+    def validation_scores(self, model: torch.nn.Module, batch_size: int = 64) -> dict[str, float]:
+        """Every component's whole-split measures, as `<name>_<measure>` like its batch metrics."""
+        return {f"{component.name}_{k}": v for component, _ in self.components
+                for k, v in component.validation_scores(model, batch_size).items()}
+
     def loss(self, output, targets):
         raise ConfigError("a mixture of objectives computes its loss per component; call compute().")

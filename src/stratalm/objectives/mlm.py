@@ -8,27 +8,17 @@ Special tokens and padding are never selected; masks are drawn afresh every time
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..config_fields import setting
 from ..errors import ConfigError
 from ..model_config import ModelConfig
 from ..models import ModelOutput
 from ..tokenize import Tokenizer
 from .base import Objective
-
-
-@dataclass(frozen=True)
-class MaskingConfig:
-    rate: float = setting(0.15, "share of (non-special) tokens selected for prediction")
-    mask_fraction: float = setting(0.8, "of the selected tokens, the share replaced by [MASK]")
-    random_fraction: float = setting(0.1, "of the selected tokens, the share replaced by a random token (the rest stay)")
-    whole_word: bool = setting(False, "select all pieces of a word together")
-    max_ngram: int = setting(1, "select spans of up to this many words, p(n) ∝ 1/n (ALBERT uses 3)")
+from .settings import MaskingConfig
 
 
 def continuation_table(tokenizer: Tokenizer) -> torch.Tensor:

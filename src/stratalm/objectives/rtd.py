@@ -10,13 +10,11 @@ its embeddings (models/replaced_token.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..config_fields import setting
 from ..errors import ConfigError
 from ..model_config import ModelConfig
 from ..models import EncoderModel, ModelOutput
@@ -24,14 +22,7 @@ from ..models.replaced_token import GeneratorDiscriminator, generator_config
 from ..tokenize import Tokenizer
 from .base import Objective
 from .mlm import Masker, MaskingConfig
-
-
-@dataclass(frozen=True)
-class ReplacedTokenConfig:
-    generator_ratio: float = setting(0.25, "generator width (hidden size, heads, MLP) as a share of the discriminator's")
-    discriminator_weight: float = setting(50.0, "weight of the discriminator loss against the generator's MLM loss")
-    rate: float = setting(0.15, "share of tokens selected for the generator to fill")
-    mask_fraction: float = setting(0.85, "of the selected tokens, the share shown to the generator as [MASK] (the rest stay)")
+from .settings import ReplacedTokenConfig
 
 
 class ReplacedTokenObjective(Objective):

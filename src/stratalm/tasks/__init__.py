@@ -1,15 +1,15 @@
 """Level 4: fine-tuning a pretrained model on downstream tasks.
 
 `finetune` trains a task head (and the model under it, or only parts of it: see partial.py and
-lora.py) and writes a folder that `evaluate` and `predict` use on their own. A task is a `Task`
-subclass (base.py); the registry below names each one by "module:Class", imported when used.
+models/lora.py) and writes a folder that `evaluate` and `predict` use on their own. A task is a
+`Task` subclass (base.py); the registry below names each one by "module:Class", imported when used.
 """
 from __future__ import annotations
 
 import importlib
 
 from ..errors import ConfigError
-from .base import Option, Task
+from ..lazy import lazy_attributes
 
 # A new task: one line here. Modules are imported on first use.
 TASKS: dict[str, str] = {
@@ -25,7 +25,7 @@ def task_names() -> list[str]:
     return list(TASKS)
 
 
-def task_class(name: str) -> type[Task]:
+def task_class(name: str):
     """The Task subclass registered as `name`; the error lists the available tasks."""
     if name not in TASKS:
         raise ConfigError(f"unknown task '{name}'; available tasks: {', '.join(TASKS)}.")
@@ -33,23 +33,23 @@ def task_class(name: str) -> type[Task]:
     return getattr(importlib.import_module(module), cls)
 
 
-def all_options() -> dict[str, Option]:
+def all_options():
     """Every task's options (the first task to declare a name defines its flag)."""
-    out: dict[str, Option] = {}
+    from .options import TASK_OPTIONS
+
+    out = {}
     for name in TASKS:
-        for key, spec in task_class(name).OPTIONS.items():
+        for key, spec in TASK_OPTIONS[name].items():
             out.setdefault(key, spec)
     return out
 
 
-def __getattr__(name: str):
-    # finetune/evaluate/predict live in modules that import torch-heavy pieces; load them on use.
-    if name in ("finetune", "FinetuneConfig"):
-        return getattr(importlib.import_module(".finetune", __name__), name)
-    if name in ("load_finetuned", "evaluate", "predict"):
-        return getattr(importlib.import_module(".folder", __name__), name)
-    raise AttributeError(name)
+# evaluate/predict live in modules that import torch-heavy pieces; load them on use. (`finetune` is
+# a submodule: take the function from `stratalm.tasks.finetune`.)
+__getattr__ = lazy_attributes(__name__, {
+    "Task": ".base", "Option": ".options", "FinetuneConfig": ".finetune_config",
+    "load_finetuned": ".folder", "evaluate": ".folder", "predict": ".folder",
+})
 
-
-__all__ = ["Task", "Option", "TASKS", "task_names", "task_class", "all_options", "finetune", "FinetuneConfig",
+__all__ = ["Task", "Option", "TASKS", "task_names", "task_class", "all_options", "FinetuneConfig",
            "load_finetuned", "evaluate", "predict"]

@@ -21,15 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
-from ..io import model_state
 from ..models import build_model
 from ..tokenize import Tokenizer
-from .base import Option, Task, by_length, encode_texts, model_inputs, model_tokenizer, pad_id_of, text_batch
+from .base import Task
+from .common import by_length, copy_shared_weights, encode_texts, model_inputs, model_tokenizer, pad_id_of, text_batch
 from .data_files import column, read_table
+from .options import LABEL_COLUMNS, PAIR_COLUMNS, TASK_OPTIONS, TEXT_COLUMNS
 
-TEXT_COLUMNS = ("sentence", "text", "sentence1", "#1 String", "question")
-PAIR_COLUMNS = {"sentence1": "sentence2", "#1 String": "#2 String", "question": "sentence"}  # GLUE's pairs
-LABEL_COLUMNS = ("label", "Quality", "labels")
 POSITIVE_NAMES = ("1", "positive", "pos", "true", "yes", "entailment")
 
 
@@ -42,20 +40,6 @@ def label_sort_key(name: str) -> tuple:
 def label_value(name: str) -> Any:
     """A label as written to predictions: a number when it is one."""
     return int(name) if name.lstrip("-").isdigit() else name
-
-
-def copy_shared_weights(base: nn.Module, model: nn.Module) -> list[str]:
-    """Copy every tensor of `base` that `model` also has (same name and shape); return the names of
-    `model`'s tensors that got nothing (the new head)."""
-    source, target = model_state(base), model_state(model)
-    fresh = []
-    with torch.no_grad():
-        for name, tensor in target.items():
-            if name in source and source[name].shape == tensor.shape:
-                tensor.copy_(source[name])
-            else:
-                fresh.append(name)
-    return fresh
 
 
 def binary_and_macro_f1(gold: list[int], pred: list[int], n_labels: int, positive: int) -> dict[str, float]:
@@ -73,12 +57,7 @@ def binary_and_macro_f1(gold: list[int], pred: list[int], n_labels: int, positiv
 class ClassificationTask(Task):
     name = "classification"
     main_metric = "accuracy"
-    OPTIONS = {
-        "text_column": Option(None, f"column of the text (default: the first of {', '.join(TEXT_COLUMNS)} in the file)"),
-        "text_pair_column": Option(None, "column of the second text of a pair (default: none, or GLUE's partner of "
-                                         "the text column: sentence1 -> sentence2, '#1 String' -> '#2 String')"),
-        "label_column": Option(None, f"column of the label (default: the first of {', '.join(LABEL_COLUMNS)})"),
-    }
+    OPTIONS = TASK_OPTIONS["classification"]
 
     @property
     def labels(self) -> list[str]:
@@ -134,13 +113,12 @@ class ClassificationTask(Task):
     def encode(self, examples: list[dict[str, Any]], tokenizer: Tokenizer, max_length: int) -> list[dict[str, Any]]:
         pairs = [e["pair"] for e in examples] if examples and examples[0]["pair"] is not None else None
         encoded = encode_texts(tokenizer, [e["text"] for e in examples], pairs, max_length)
-        self.pad_id = pad_id_of(tokenizer)
         index = {name: i for i, name in enumerate(self.labels)}
         return [{"ids": ids, "types": types, "label": index.get(e["label"], -1)}
                 for (ids, types), e in zip(encoded, examples)]
 
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return {**text_batch(features, self.pad_id), "labels": torch.tensor([f["label"] for f in features])}
+    def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+        return {**text_batch(features, pad_id), "labels": torch.tensor([f["label"] for f in features])}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = model(**model_inputs(model, batch)).logits  # (B, n_labels)
@@ -150,11 +128,11 @@ class ClassificationTask(Task):
     def predict(self, model: nn.Module, examples: list[dict[str, Any]], max_length: int,
                 batch_size: int = 32) -> list[tuple[int, float]]:
         tokenizer = model_tokenizer(model)
-        features = self.encode(examples, tokenizer, max_length)
+        features, pad_id = self.encode(examples, tokenizer, max_length), pad_id_of(tokenizer)
         out: list[tuple[int, float]] = [(0, 0.0)] * len(features)
         with torch.no_grad():
             for chosen in by_length(features, batch_size):
-                batch = text_batch([features[i] for i in chosen], self.pad_id)
+                batch = text_batch([features[i] for i in chosen], pad_id)
                 probs = model(**model_inputs(model, batch)).logits.float().softmax(-1)
                 best, index = probs.max(-1)
                 for row, i in enumerate(chosen):

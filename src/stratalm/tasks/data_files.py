@@ -1,4 +1,5 @@
-"""Readers of task data files: tables (TSV, CSV, JSONL) and CoNLL-style token files.
+"""Readers of task data files: tables (TSV, CSV, JSONL), pairs of texts (a table, or Tatoeba's
+header-less tab-separated lines) and CoNLL-style token files.
 
 Tables come back as a list of rows (dicts keyed by column name) plus the column names. TSV is read
 with quoting switched off: GLUE's TSV files hold bare quote characters that are part of the text
@@ -120,3 +121,67 @@ def read_conll(path: str) -> list[tuple[list[str], list[str]]]:
     if not sentences:
         raise DataError(f"'{path}' holds no sentences; give one token and its tag per line, a blank line between sentences.")
     return sentences
+
+
+# -- pairs of texts (seq2seq's source/target, retrieval's query/positive) ----------------------------
+def _position(name: Optional[str]) -> Optional[int]:
+    return int(name) if name is not None and str(name).isdigit() else None
+
+
+def _read_columns(path: str, wanted: list[tuple[Optional[str], Sequence[str], str, str]],
+                  labelled: bool) -> list[tuple[Optional[str], ...]]:
+    """Rows of the wanted columns. A header-less tab-separated file (Tatoeba's `eng-fra.txt`, any
+    extension outside .tsv/.csv/.jsonl, or columns given as numbers) is read by position: column
+    0 is the first. Each wanted entry is (given name, default names, flag, what); a missing
+    column is an error, except the last one (the target) when `labelled` is False."""
+    extension = os.path.splitext(path)[1].lower()
+    given = [name for name, *_ in wanted if name is not None]
+    positional = extension not in TABLE_EXTENSIONS or (given and all(_position(name) is not None for name in given))
+    if not positional:
+        columns, rows = read_table(path)
+        names = []
+        for index, (name, defaults, flag, what) in enumerate(wanted):
+            optional = index == len(wanted) - 1 and not labelled and name is None
+            if optional and not any(c in columns for c in defaults):
+                names.append(None)
+                continue
+            names.append(column(columns, name, defaults, path, flag, what))
+        return [tuple(None if n is None else str(row.get(n) if row.get(n) is not None else "") for n in names)
+                for row in rows]
+    try:
+        with _open_text(path) as handle:
+            lines = [line.rstrip("\r\n") for line in handle if line.strip()]
+    except UnicodeDecodeError:
+        raise DataError(f"'{path}' is not UTF-8 text; convert it to UTF-8.") from None
+    if not lines:
+        raise DataError(f"'{path}' is empty; give one tab-separated pair per line.")
+    positions = [_position(name) if name is not None else index for index, (name, *_rest) in enumerate(wanted)]
+    if any(p is None for p in positions):
+        bad = next(name for (name, *_), p in zip(wanted, positions) if p is None)
+        raise DataError(f"'{path}' has no header line, so its columns are numbers (0, 1, ...), not '{bad}'.")
+    out = []
+    for number, line in enumerate(lines, start=1):
+        fields = line.split("\t")
+        row = []
+        for index, (p, (_, _, flag, _)) in enumerate(zip(positions, wanted)):
+            if p < len(fields):
+                row.append(fields[p])
+            elif index == len(wanted) - 1 and not labelled:
+                row.append(None)
+            else:
+                raise DataError(f"line {number} of '{path}' has {len(fields)} tab-separated fields, so it has no "
+                                f"column {p} (columns count from 0); choose another {flag}.")
+        out.append(tuple(row))
+    return out
+
+
+def read_pairs(path: str, source_column: Optional[str], target_column: Optional[str],
+               defaults: tuple[Sequence[str], Sequence[str]], flags: tuple[str, str],
+               labelled: bool = True) -> list[tuple[str, Optional[str]]]:
+    """(source, target) pairs of a TSV/CSV/JSONL table with a header, or of a header-less
+    tab-separated file (columns 0 and 1 unless numbered otherwise). A column left None is the first
+    of its `defaults` the table has; `flags` name the options that choose each column, for errors.
+    With `labelled` False the target may be missing (None)."""
+    rows = _read_columns(path, [(source_column, defaults[0], flags[0], "source"),
+                                (target_column, defaults[1], flags[1], "target")], labelled)
+    return [(source, target) for source, target in rows]

@@ -13,12 +13,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .. import __version__
+from ..checkpoint import commit_files, load, pending_folder
+from ..checkpoint.native import write_model_files
 from ..errors import CheckpointError
-from ..io import commit_files, load, pending_folder, write_model_files
+from ..models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, merge_lora, save_adapter, without_lora
+from ..version import __version__
 from . import task_class
 from .base import Task
-from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, has_adapter, load_adapter, save_adapter, without_lora
 
 TASK_FILE = "task.json"
 
@@ -66,9 +67,7 @@ def load_finetuned(path: str, device: str = "cpu", options: Optional[dict[str, A
     (e.g. other column names in the file to evaluate)."""
     record = read_task_file(path)
     task = task_class(record["task"])({**record["options"], **(options or {})}, record["state"])
-    model = load(path, device)
-    if record.get("adapter") and has_adapter(path):
-        load_adapter(model, path)
+    model = load(path, device, adapter="keep")  # the adapter as trained; `stratalm.load` merges it
     return model.eval(), task, record
 
 
@@ -98,3 +97,10 @@ def predict(path: str, data: str, batch_size: int = 64, device: str = "auto",
     """One JSON-ready prediction per example of `data` (labels may be absent)."""
     task, examples, predictions = _run(path, data, False, batch_size, device, options)
     return [task.format(example, prediction) for example, prediction in zip(examples, predictions)]
+
+
+def merge(src: str, dst: str) -> None:
+    """Write the fine-tuned folder `src` (base weights + adapter) to `dst` with the adapter merged
+    into the weights: a plain checkpoint folder that any stratalm (or, exported, HF) loader reads."""
+    model, task, info = load_finetuned(src)
+    save_finetuned(dst, merge_lora(model), task, {**info, "lora": info.get("lora"), "lora_merged": True})

@@ -12,27 +12,12 @@ bitwise unchanged (no weight decay either).
 """
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 from torch import nn
 
 from ..errors import ConfigError
-
-STACK_NAMES = ("stack", "encoder", "decoder")
-EMBEDDING_PARTS = ("tok_embed", "positions", "token_types", "embed_norm", "embed_proj")
-_BLOCK = re.compile(r"^(stack|encoder|decoder)\.blocks\.(\d+)\.")
-
-
-def is_embedding(name: str) -> bool:
-    stack, _, rest = name.partition(".")
-    return stack in STACK_NAMES and rest.split(".")[0] in EMBEDDING_PARTS
-
-
-def block_of(name: str) -> Optional[tuple[str, int]]:
-    """(stack, block index) of a parameter inside a block, else None."""
-    match = _BLOCK.match(name)
-    return (match.group(1), int(match.group(2))) if match else None
+from ..models.anatomy import block_counts, depth, part_of, top_depth
 
 
 def freeze(model: nn.Module, head: list[str], train_only: Optional[str] = None, freeze_embeddings: bool = False,
@@ -42,42 +27,30 @@ def freeze(model: nn.Module, head: list[str], train_only: Optional[str] = None, 
         raise ConfigError(f"--train-only takes 'head' (the task's own layers); got '{train_only}'.")
     if train_only == "head" and not head:
         raise ConfigError("--train-only head: this task adds no head of its own; use --freeze-layers or LoRA instead.")
-    blocks = {s: len(getattr(model, s).blocks) for s in STACK_NAMES if hasattr(getattr(model, s, None), "blocks")}
-    if freeze_layers < 0 or (blocks and freeze_layers > max(blocks.values())):
-        raise ConfigError(f"--freeze-layers must be between 0 and the number of blocks ({max(blocks.values())}); got {freeze_layers}.")
+    counts = block_counts(model)
+    if freeze_layers < 0 or (counts and freeze_layers > max(counts.values())):
+        raise ConfigError(f"--freeze-layers must be between 0 and the number of blocks ({max(counts.values())}); got {freeze_layers}.")
     for name, param in model.named_parameters():
-        where = block_of(name)
+        part = part_of(name)
         frozen = (train_only == "head" and name.split(".")[0] not in head) \
-            or (freeze_embeddings and is_embedding(name)) \
-            or (where is not None and where[1] < freeze_layers)
+            or (freeze_embeddings and part.kind == "embedding") \
+            or (part.kind == "block" and part.block < freeze_layers)
         if frozen:
             param.requires_grad_(False)
 
 
-def depth(name: str, blocks: dict[str, int]) -> int:
-    """0 for embeddings, 1..L for blocks bottom-up (an encoder below its decoder), L+1 for the rest."""
-    if is_embedding(name):
-        return 0
-    where = block_of(name)
-    total = sum(blocks.values())
-    if where is None:
-        return total + 1
-    stack, index = where
-    return index + 1 + (blocks.get("encoder", 0) if stack == "decoder" else 0)
-
-
 def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float) -> list[dict]:
     """AdamW parameter groups with an `lr_scale` per depth; matrices decay, biases and norms do not
-    (the rule of train/optim.py)."""
+    (the rule of loop/optim.py)."""
     if not 0.0 < decay <= 1.0:
         raise ConfigError(f"--layer-decay must be in (0, 1]; got {decay}.")
-    blocks = {s: len(getattr(model, s).blocks) for s in STACK_NAMES if hasattr(getattr(model, s, None), "blocks")}
-    top = sum(blocks.values()) + 1
+    counts = block_counts(model)  # depth: 0 embeddings, 1..L blocks bottom-up, L+1 the rest (anatomy.depth)
+    top = top_depth(counts)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        level, decays = depth(name, blocks), param.dim() >= 2
+        level, decays = depth(name, counts), param.dim() >= 2
         group = groups.setdefault((level, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0,
                                                     "lr_scale": decay ** (top - level)})
         group["params"].append(param)

@@ -24,8 +24,9 @@ from torch import nn
 from ..errors import ConfigError, DataError
 from ..models import build_model
 from ..tokenize import Tokenizer
-from .base import Option, Task, by_length, model_inputs, model_tokenizer, pad_id_of, text_batch
-from .classification import copy_shared_weights
+from .base import Task
+from .common import by_length, copy_shared_weights, model_inputs, model_tokenizer, pad_id_of, start_end_ids, text_batch
+from .options import TASK_OPTIONS
 from .squad import Answer, QAExample, read_squad, resolve_language, squad_metrics
 
 
@@ -53,8 +54,7 @@ def token_spans(context: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[
 
 
 def special_ids(tokenizer: Tokenizer) -> tuple[int, int]:
-    cls = tokenizer.cls_id if tokenizer.cls_id is not None else tokenizer.bos_id
-    sep = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id
+    cls, sep = start_end_ids(tokenizer)
     if cls is None or sep is None:
         raise ConfigError("question answering needs a tokenizer with a [CLS] (or <bos>) and a [SEP] (or <eos>) token.")
     return cls, sep
@@ -142,13 +142,7 @@ def answer_text(context: str, start: int, end: int) -> tuple[str, int]:
 class QATask(Task):
     name = "qa"
     main_metric = "f1"
-    OPTIONS = {
-        "doc_stride": Option(128, "tokens shared by consecutive windows of a long context", int),
-        "max_query_length": Option(64, "questions are cut to this many tokens", int),
-        "max_answer_length": Option(30, "longest answer, in tokens", int),
-        "language": Option("auto", "en (SQuAD's word F1), zh (character F1, as for CMRC 2018) or auto (zh when "
-                                   "most context characters are Chinese)"),
-    }
+    OPTIONS = TASK_OPTIONS["qa"]
 
     def read(self, path: str, labelled: bool = True) -> list[dict[str, Any]]:
         examples = read_squad(path)
@@ -178,12 +172,11 @@ class QATask(Task):
         return windows
 
     def encode(self, examples: list[dict[str, Any]], tokenizer: Tokenizer, max_length: int) -> list[dict[str, Any]]:
-        self.pad_id = pad_id_of(tokenizer)
         return [{"ids": w.input_ids, "types": w.token_type_ids, "start": w.start_position, "end": w.end_position}
                 for w in self._windows(examples, tokenizer, max_length, True)]
 
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return {**text_batch(features, self.pad_id), "start_positions": torch.tensor([f["start"] for f in features]),
+    def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+        return {**text_batch(features, pad_id), "start_positions": torch.tensor([f["start"] for f in features]),
                 "end_positions": torch.tensor([f["end"] for f in features])}
 
     @staticmethod
@@ -206,13 +199,13 @@ class QATask(Task):
                 batch_size: int = 32) -> list[dict[str, Any]]:
         """The best span of each question over all its windows: its text and first character."""
         tokenizer = model_tokenizer(model)
-        self.pad_id = pad_id_of(tokenizer)
+        pad_id = pad_id_of(tokenizer)
         windows = self._windows(examples, tokenizer, max_length, False)
         features = [{"ids": w.input_ids, "types": w.token_type_ids} for w in windows]
         logits: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(windows)  # type: ignore[list-item]
         with torch.no_grad():
             for chosen in by_length(features, batch_size):
-                starts, ends = self._logits(model, text_batch([features[i] for i in chosen], self.pad_id))
+                starts, ends = self._logits(model, text_batch([features[i] for i in chosen], pad_id))
                 for row, i in enumerate(chosen):
                     logits[i] = (starts[row].cpu(), ends[row].cpu())
         per_example: list[list[int]] = [[] for _ in examples]

@@ -18,11 +18,11 @@ from torch import nn
 from ..embed import POOLINGS, encode, pool
 from ..errors import ConfigError, DataError
 from ..tokenize import Tokenizer
-from .base import Option, Task, model_tokenizer, pad, pad_id_of
-from .seq2seq import read_pairs
+from .base import Task
+from .common import model_tokenizer, pad
+from .data_files import read_pairs
+from .options import QUERY_COLUMNS, RETRIEVAL_TARGET_COLUMNS as TARGET_COLUMNS, TASK_OPTIONS
 
-QUERY_COLUMNS = ("query", "question", "anchor", "sentence1", "#1 String", "source", "text")
-TARGET_COLUMNS = ("positive", "target", "document", "passage", "sentence2", "#2 String")
 KS = (1, 5, 10)
 
 
@@ -71,16 +71,7 @@ class RetrievalTask(Task):
     name = "retrieval"
     main_metric = "mrr"
     stacks = ("encoder", "decoder")
-    OPTIONS = {
-        "query_column": Option(None, f"column of the query (default: the first of {', '.join(QUERY_COLUMNS)}, "
-                                     f"or column 0 of a file without a header)"),
-        "positive_column": Option(None, f"column of the positive target (default: the first of "
-                                        f"{', '.join(TARGET_COLUMNS)}, or column 1)"),
-        "pooling": Option("mean", f"how token vectors become one vector: {', '.join(POOLINGS)}"),
-        "temperature": Option(0.05, "contrastive loss: cosine similarities are divided by this", float),
-        "symmetric": Option(False, "contrastive loss: also find each target's query (the mean of both directions)", bool),
-        "top_k": Option(10, "predictions list this many targets per query", int),
-    }
+    OPTIONS = TASK_OPTIONS["retrieval"]
 
     def __init__(self, options=None, state=None) -> None:
         super().__init__(options, state)
@@ -90,8 +81,8 @@ class RetrievalTask(Task):
             raise ConfigError(f"--temperature must be positive; got {self.options['temperature']}.")
 
     def read(self, path: str, labelled: bool = True) -> list[dict[str, Any]]:
-        pairs = read_pairs(path, self.options["query_column"], self.options["positive_column"], True,
-                           QUERY_COLUMNS, TARGET_COLUMNS, ("--query-column", "--positive-column"))
+        pairs = read_pairs(path, self.options["query_column"], self.options["positive_column"],
+                           (QUERY_COLUMNS, TARGET_COLUMNS), ("--query-column", "--positive-column"))
         for number, (query, target) in enumerate(pairs, start=1):
             if not query.strip() or not (target or "").strip():
                 raise DataError(f"example {number} of '{path}' has an empty {'query' if not query.strip() else 'target'}; "
@@ -103,16 +94,15 @@ class RetrievalTask(Task):
 
     # -- training ----------------------------------------------------------------------------
     def encode(self, examples: list[dict[str, Any]], tokenizer: Tokenizer, max_length: int) -> list[dict[str, Any]]:
-        self.pad_id = pad_id_of(tokenizer)
         _, target_ids = corpus_of(examples)
         queries = tokenizer.encode_batch([e["query"] for e in examples], add_special_tokens=True, max_length=max_length)
         targets = tokenizer.encode_batch([e["target"] for e in examples], add_special_tokens=True, max_length=max_length)
         return [{"query": q, "target": t, "target_id": i} for q, t, i in zip(queries, targets, target_ids)]
 
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
         out = {"target_id": torch.tensor([f["target_id"] for f in features])}
         for side in ("query", "target"):
-            out[f"{side}_ids"] = pad([f[side] for f in features], self.pad_id)
+            out[f"{side}_ids"] = pad([f[side] for f in features], pad_id)
             out[f"{side}_mask"] = pad([[1] * len(f[side]) for f in features], 0)
         return out
 

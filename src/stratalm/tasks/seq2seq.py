@@ -11,7 +11,7 @@ and a byte-level BPE tokenizer of N tokens is trained on both sides of the train
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,74 +20,12 @@ from torch import nn
 from ..errors import ConfigError, DataError
 from ..generate import beam_search, greedy_search
 from ..tokenize import Tokenizer, train_bpe
-from .base import IGNORE, Option, Task, model_tokenizer, pad, pad_id_of
-from .data_files import TABLE_EXTENSIONS, column, read_table
+from .base import IGNORE, Task
+from .common import is_chinese, model_tokenizer, pad, pad_id_of, start_end_ids
+from .data_files import read_pairs
+from .options import SEQ2SEQ_TARGET_COLUMNS as TARGET_COLUMNS, SOURCE_COLUMNS, TASK_OPTIONS
 
-SOURCE_COLUMNS = ("source", "src", "input", "text", "question")
-TARGET_COLUMNS = ("target", "tgt", "output", "translation", "answer", "summary")
-
-
-def _position(name: Optional[str]) -> Optional[int]:
-    return int(name) if name is not None and str(name).isdigit() else None
-
-
-def _read_columns(path: str, wanted: list[tuple[Optional[str], tuple[str, ...], str, str]],
-                  labelled: bool) -> list[tuple[Optional[str], ...]]:
-    """Rows of the wanted columns. A header-less tab-separated file (Tatoeba's `eng-fra.txt`, any
-    extension outside .tsv/.csv/.jsonl, or columns given as numbers) is read by position: column
-    0 is the first. Each wanted entry is (given name, default names, flag, what); a missing
-    column is an error, except the last one (the target) when `labelled` is False."""
-    extension = os.path.splitext(path)[1].lower()
-    given = [name for name, *_ in wanted if name is not None]
-    positional = extension not in TABLE_EXTENSIONS or (given and all(_position(name) is not None for name in given))
-    if not positional:
-        columns, rows = read_table(path)
-        names = []
-        for index, (name, defaults, flag, what) in enumerate(wanted):
-            optional = index == len(wanted) - 1 and not labelled and name is None
-            if optional and not any(c in columns for c in defaults):
-                names.append(None)
-                continue
-            names.append(column(columns, name, defaults, path, flag, what))
-        return [tuple(None if n is None else str(row.get(n) if row.get(n) is not None else "") for n in names)
-                for row in rows]
-    if not os.path.isfile(path):
-        raise DataError(f"data file '{path}' does not exist.")
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            lines = [line.rstrip("\r\n") for line in handle if line.strip()]
-    except UnicodeDecodeError:
-        raise DataError(f"'{path}' is not UTF-8 text; convert it to UTF-8.") from None
-    if not lines:
-        raise DataError(f"'{path}' is empty; give one tab-separated pair per line.")
-    positions = [_position(name) if name is not None else index for index, (name, *_rest) in enumerate(wanted)]
-    if any(p is None for p in positions):
-        bad = next(name for (name, *_), p in zip(wanted, positions) if p is None)
-        raise DataError(f"'{path}' has no header line, so its columns are numbers (0, 1, ...), not '{bad}'.")
-    out = []
-    for number, line in enumerate(lines, start=1):
-        fields = line.split("\t")
-        row = []
-        for index, (p, (_, _, flag, _)) in enumerate(zip(positions, wanted)):
-            if p < len(fields):
-                row.append(fields[p])
-            elif index == len(wanted) - 1 and not labelled:
-                row.append(None)
-            else:
-                raise DataError(f"line {number} of '{path}' has {len(fields)} tab-separated fields, so it has no "
-                                f"column {p} (columns count from 0); choose another {flag}.")
-        out.append(tuple(row))
-    return out
-
-
-def read_pairs(path: str, source_column: Optional[str], target_column: Optional[str], labelled: bool = True,
-               source_defaults: tuple[str, ...] = SOURCE_COLUMNS, target_defaults: tuple[str, ...] = TARGET_COLUMNS,
-               flags: tuple[str, str] = ("--source-column", "--target-column")) -> list[tuple[str, Optional[str]]]:
-    """(source, target) pairs of a TSV/CSV/JSONL table with a header, or of a header-less
-    tab-separated file (columns 0 and 1 unless numbered otherwise)."""
-    rows = _read_columns(path, [(source_column, source_defaults, flags[0], "source"),
-                                (target_column, target_defaults, flags[1], "target")], labelled)
-    return [(source, target) for source, target in rows]
+FLAGS = ("--source-column", "--target-column")
 
 
 def bleu_and_chrf(hypotheses: list[str], references: list[str]) -> dict[str, float]:
@@ -96,8 +34,6 @@ def bleu_and_chrf(hypotheses: list[str], references: list[str]) -> dict[str, flo
         import sacrebleu
     except ImportError:
         raise ConfigError("BLEU and chrF need sacrebleu; install it with pip install 'stratalm[tasks]'.") from None
-    from .squad import is_chinese
-
     tokenize = "zh" if is_chinese(references[:200]) else "13a"
     return {"bleu": sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score,
             "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
@@ -107,21 +43,12 @@ class Seq2SeqTask(Task):
     name = "seq2seq"
     main_metric = "bleu"
     stacks = ("encoder-decoder", "decoder")
-    OPTIONS = {
-        "source_column": Option(None, f"column of the source text (a number for a file without a header; default: "
-                                      f"the first of {', '.join(SOURCE_COLUMNS)}, or column 0)"),
-        "target_column": Option(None, f"column of the target text (default: the first of {', '.join(TARGET_COLUMNS)}, "
-                                      f"or column 1)"),
-        "beams": Option(1, "beam width when decoding (1 = greedy)", int),
-        "length_penalty": Option(1.0, "beam search ranks hypotheses by log-probability / length ** this", float),
-        "max_new_tokens": Option(64, "longest output, in tokens", int),
-        "tokenizer_from_train": Option(0, "with a preset name as --model: train a byte-level BPE tokenizer of this "
-                                          "many tokens on the training pairs and start the model from scratch", int),
-    }
+    OPTIONS = TASK_OPTIONS["seq2seq"]
 
     # -- data --------------------------------------------------------------------------------
     def read(self, path: str, labelled: bool = True) -> list[dict[str, Any]]:
-        pairs = read_pairs(path, self.options["source_column"], self.options["target_column"], labelled)
+        pairs = read_pairs(path, self.options["source_column"], self.options["target_column"],
+                           (SOURCE_COLUMNS, TARGET_COLUMNS), FLAGS, labelled)
         for number, (source, target) in enumerate(pairs, start=1):
             if not source.strip() or (labelled and not (target or "").strip()):
                 raise DataError(f"example {number} of '{path}' has an empty {'source' if not source.strip() else 'target'}; "
@@ -133,7 +60,7 @@ class Seq2SeqTask(Task):
         """A checkpoint folder as usual; a preset name with --tokenizer-from-train builds a fresh
         model around a tokenizer trained on the training pairs."""
         from ..families import PRESETS, preset
-        from ..io import load
+        from ..checkpoint import load
         from ..models import build_model
 
         if os.path.exists(path) or path not in PRESETS:
@@ -155,7 +82,7 @@ class Seq2SeqTask(Task):
 
     # -- training ----------------------------------------------------------------------------
     def _separator(self, tokenizer: Tokenizer) -> int:
-        sep = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id
+        sep = start_end_ids(tokenizer)[1]  # [SEP], else <eos>
         if sep is None or tokenizer.eos_id is None:
             raise ConfigError("sequence-to-sequence needs a tokenizer with an end-of-text token (<eos>, </s>, ...).")
         return sep
@@ -169,7 +96,6 @@ class Seq2SeqTask(Task):
 
     def encode(self, examples: list[dict[str, Any]], tokenizer: Tokenizer, max_length: int) -> list[dict[str, Any]]:
         self._separator(tokenizer)
-        self.pad_id = pad_id_of(tokenizer)
         features = []
         for example in examples:
             source = self._source(tokenizer, example["source"], max_length)
@@ -181,8 +107,8 @@ class Seq2SeqTask(Task):
                 features.append({"ids": source + target, "labels": [IGNORE] * len(source) + target})
         return features
 
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return {"input_ids": pad([f["ids"] for f in features], self.pad_id),
+    def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": pad([f["ids"] for f in features], pad_id),
                 "attention_mask": pad([[1] * len(f["ids"]) for f in features], 0),
                 "labels": pad([f["labels"] for f in features], IGNORE)}
 
@@ -216,7 +142,6 @@ class Seq2SeqTask(Task):
         and token count, for the loss metric."""
         self.state["stack"] = model.config.stack
         tokenizer = model_tokenizer(model)
-        self.pad_id = pad_id_of(tokenizer)
         sources = [self._source(tokenizer, e["source"], max_length) for e in examples]
         new_tokens = self.options["max_new_tokens"]
         if not self.seq2seq:
@@ -235,8 +160,8 @@ class Seq2SeqTask(Task):
             losses: dict[int, tuple[float, int]] = {}
             if labelled:
                 with torch.no_grad():
-                    total, count = self.token_losses(model, self.collate(self.encode([examples[i] for i in labelled],
-                                                                                     tokenizer, max_length)))
+                    features = self.encode([examples[i] for i in labelled], tokenizer, max_length)
+                    total, count = self.token_losses(model, self.collate(features, pad_id_of(tokenizer)))
                 losses = {i: (float(t), int(c)) for i, t, c in zip(labelled, total, count)}
             for i, hypothesis in zip(chosen, found):
                 nll, tokens = losses.get(i, (0.0, 0))

@@ -13,9 +13,10 @@ import string
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 from ..errors import DataError
+from .common import is_chinese
 
 LANGUAGES = ("en", "zh", "auto")
 PUNCTUATION = set(string.punctuation)
@@ -151,18 +152,6 @@ def f1(prediction: str, gold: str, language: str = "en") -> float:
         return 0.0
     precision, recall = same / len(predicted), same / len(expected)
     return 2 * precision * recall / (precision + recall)
-
-
-def is_chinese(texts: Iterable[str]) -> bool:
-    """True when most non-space characters are CJK ideographs (the switch for character F1)."""
-    cjk = other = 0
-    for text in texts:
-        for ch in text:
-            if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf":
-                cjk += 1
-            elif not ch.isspace():
-                other += 1
-    return cjk > 0.3 * (cjk + other)
 
 
 def resolve_language(language: str, examples: list[QAExample]) -> str:

@@ -22,9 +22,11 @@ from torch import nn
 from ..errors import DataError
 from ..models import build_model
 from ..tokenize import Tokenizer
-from .base import IGNORE, Task, by_length, has_template, model_inputs, model_tokenizer, pad, pad_id_of, text_batch
-from .classification import copy_shared_weights
+from .base import IGNORE, Task
+from .common import (by_length, copy_shared_weights, has_template, model_inputs, model_tokenizer, pad, pad_id_of,
+                     start_end_ids, text_batch)
 from .data_files import CONLL_EXTENSIONS, extension_of, read_conll, read_table
+from .options import TASK_OPTIONS
 
 
 def entity_spans(tags: Iterable[str]) -> set[tuple[str, int, int]]:
@@ -58,6 +60,7 @@ def is_bio(tags: Iterable[str]) -> bool:
 
 class TaggingTask(Task):
     name = "tagging"
+    OPTIONS = TASK_OPTIONS["tagging"]
     main_metric = "f1"  # entity F1; token accuracy when the tags are not BIO
 
     @property
@@ -117,10 +120,8 @@ class TaggingTask(Task):
     def encode(self, examples: list[dict[str, Any]], tokenizer: Tokenizer, max_length: int) -> list[dict[str, Any]]:
         """Sub-tokens of each sentence, the target of each word's first sub-token, and where that
         first sub-token sits (-1 for a word cut off or with no sub-token)."""
-        self.pad_id = pad_id_of(tokenizer)
         backend, template = tokenizer.backend, has_template(tokenizer)
-        start = tokenizer.cls_id if tokenizer.cls_id is not None else tokenizer.bos_id
-        end = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id
+        start, end = start_end_ids(tokenizer)
         extra = 0 if template else (start is not None) + (end is not None)
         backend.enable_truncation(max_length - extra)
         try:
@@ -145,8 +146,8 @@ class TaggingTask(Task):
             features.append({"ids": ids, "types": types, "labels": labels, "first": first})
         return features
 
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return {**text_batch(features, self.pad_id), "labels": pad([f["labels"] for f in features], IGNORE)}
+    def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+        return {**text_batch(features, pad_id), "labels": pad([f["labels"] for f in features], IGNORE)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = model(**model_inputs(model, batch)).logits  # (B, T, tags)
@@ -155,12 +156,13 @@ class TaggingTask(Task):
     # -- evaluation --------------------------------------------------------------------------
     def predict(self, model: nn.Module, examples: list[dict[str, Any]], max_length: int,
                 batch_size: int = 32) -> list[list[str]]:
-        features = self.encode(examples, model_tokenizer(model), max_length)
+        tokenizer = model_tokenizer(model)
+        features, pad_id = self.encode(examples, tokenizer, max_length), pad_id_of(tokenizer)
         fallback = "O" if "O" in self.labels else self.labels[0]
         out: list[list[str]] = [[] for _ in features]
         with torch.no_grad():
             for chosen in by_length(features, batch_size):
-                batch = text_batch([features[i] for i in chosen], self.pad_id)
+                batch = text_batch([features[i] for i in chosen], pad_id)
                 best = model(**model_inputs(model, batch)).logits.argmax(-1).cpu()  # (B, T)
                 for row, i in enumerate(chosen):
                     out[i] = [self.labels[int(best[row, p])] if p >= 0 else fallback for p in features[i]["first"]]

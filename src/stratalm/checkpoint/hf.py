@@ -11,13 +11,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
-from .families import hf_family, hf_family_of
-from .io import (CONFIG, TOKENIZER, WEIGHTS, check_tokenizer, commit_files, load_state_into, model_state, pending_folder,
-                 release_weights, unique_weights)
-from .model_config import ModelConfig
-from .models import build_model
-from .tokenize import Tokenizer
+from ..errors import CheckpointError
+from ..families import hf_family, hf_family_of
+from ..model_config import ModelConfig
+from ..models import build_model
+from ..tokenize import Tokenizer
+from .native import CONFIG, TOKENIZER, WEIGHTS, check_tokenizer
+from .transaction import commit_files, pending_folder
+from .weights import load_state_into, model_state, release_weights, unique_weights
 
 
 def read_hf_weights(path: str) -> dict[str, torch.Tensor]:

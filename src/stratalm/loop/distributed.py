@@ -47,6 +47,12 @@ class Distributed:
                 g.copy_(flat[offset:offset + g.numel()].view_as(g))
                 offset += g.numel()
 
+    def broadcast_parameters(self, model: torch.nn.Module) -> None:
+        """Every process takes rank 0's weights (as DDP's constructor does)."""
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             value = value.clone()

@@ -17,7 +17,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..io import WEIGHTS, commit_files, load_state_into, load_weights, pending_folder, write_model_files
+from .native import WEIGHTS, load_weights, write_model_files
+from .transaction import commit_files, pending_folder
+from .weights import load_state_into
 
 TRAINER_STATE, OPTIMIZER = "trainer_state.json", "optimizer.safetensors"
 

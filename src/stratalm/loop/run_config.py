@@ -1,7 +1,8 @@
-"""What a training run is configured by. YAML files and `key=value` overrides fill these in.
+"""What a pretraining run is configured by. YAML files and `key=value` overrides fill these in.
 
 The `model` section names a preset (or a checkpoint folder to start from) plus any ModelConfig
-field to change, e.g. `model.n_layers=4`; the resolved ModelConfig is saved with the run.
+field to change, e.g. `model.n_layers=4`; the resolved ModelConfig is saved with the run. No torch
+here: `stratalm pretrain --help` prints every key from this module alone.
 """
 from __future__ import annotations
 
@@ -14,35 +15,8 @@ import yaml
 from ..config_fields import describe, load_yaml, merge_nested, setting, update_dataclass
 from ..errors import ConfigError
 from ..model_config import ModelConfig
-from ..objectives.mlm import MaskingConfig
-from ..objectives.rtd import ReplacedTokenConfig
-from ..objectives.simcse import ContrastiveConfig
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    max_steps: int = setting(1000, "optimizer steps to run")
-    batch_size: int = setting(16, "sequences per optimizer step, over all processes and accumulation steps")
-    grad_accum: int = setting(1, "micro-batches per optimizer step (gradient accumulation)")
-    lr: float = setting(1e-3, "peak learning rate")
-    min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay")
-    warmup_steps: int = setting(100, "linear warmup steps from 0 to lr")
-    decay_steps: Optional[int] = setting(None, "step where the cosine decay reaches min_lr (None = max_steps)")
-    weight_decay: float = setting(0.1, "AdamW weight decay, applied to matrices only (not biases or norms)")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.95, "AdamW beta2")
-    eps: float = setting(1e-8, "AdamW epsilon")
-    grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = no clipping)")
-    eval_every: int = setting(200, "steps between validation passes (0 = only at the end)")
-    eval_windows: int = setting(0, "validation windows per pass (0 = the whole validation split)")
-    eval_batch_size: int = setting(32, "windows per validation batch")
-    save_every: int = setting(0, "steps between checkpoints (0 = only at the end)")
-    log_every: int = setting(10, "steps between lines of metrics.jsonl")
-    seed: int = setting(1337, "seed of initialisation, data order, dropout and masking")
-    device: str = setting("auto", "cpu, cuda, cuda:N, or auto (cuda when present)")
-    precision: str = setting("auto", "fp32, bf16 (autocast), or auto (bf16 on CUDA, fp32 on CPU)")
-    compile: bool = setting(False, "torch.compile the model (costs 20-30 s at start, faster steps after)")
-    progress: bool = setting(True, "show a progress bar")
+from ..objectives.settings import ContrastiveConfig, MaskingConfig, ReplacedTokenConfig
+from .config import TrainConfig
 
 
 @dataclass(frozen=True)

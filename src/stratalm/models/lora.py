@@ -7,8 +7,9 @@ projection only: adapting q and v of a fused qkv leaves the k rows exactly as th
 separate q_proj/v_proj matrices would. B starts at zero, so training starts from the base model.
 
 Adapters are saved apart from the base weights (adapter.safetensors + adapter_config.json) and can
-be merged into them (`merge_lora`, or the folder-level `merge`), after which the model is a plain
-model again, with the same outputs.
+be merged into them (`merge_lora`, or tasks/folder.py's folder-level `merge`), after which the
+model is a plain model again, with the same outputs. Loading a folder (checkpoint.load) applies
+its adapter, so no loader sees the bare base.
 """
 from __future__ import annotations
 
@@ -170,6 +171,10 @@ def without_lora(model: nn.Module):
             setattr(parent, name, layer)
 
 
+def has_lora_layers(model: nn.Module) -> bool:
+    return any(True for _ in _lora_layers(model))
+
+
 def merged_copy(model: nn.Module) -> nn.Module:
     """A copy of `model` with the adapters merged (the training model keeps them)."""
     tokenizer, model.tokenizer = getattr(model, "tokenizer", None), None
@@ -215,12 +220,3 @@ def load_adapter(model: nn.Module, folder: str) -> LoraConfig:
         for name, tensor in tensors.items():
             params[name].copy_(tensor.to(device))
     return config
-
-
-def merge(src: str, dst: str) -> None:
-    """Write the fine-tuned folder `src` (base weights + adapter) to `dst` with the adapter merged
-    into the weights: a plain checkpoint folder that any stratalm (or, exported, HF) loader reads."""
-    from .folder import load_finetuned, save_finetuned  # folder builds on this module
-
-    model, task, info = load_finetuned(src)
-    save_finetuned(dst, merge_lora(model), task, {**info, "lora": info.get("lora"), "lora_merged": True})

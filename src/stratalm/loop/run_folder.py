@@ -1,0 +1,159 @@
+"""The output folder of a run, one policy for pretraining and fine-tuning: refuse to clobber
+another run, resume one only when what must stay the same did, clear only the files a run writes,
+save the resolved config, and append metrics as JSON lines (cut back to the checkpoint on resume;
+optionally mirrored to TensorBoard)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Optional
+
+import yaml
+
+from ..checkpoint import CONFIG, PENDING, TOKENIZER, WEIGHTS, recover
+from ..checkpoint.training import OPTIMIZER, TRAINER_STATE, has_checkpoint
+from ..errors import ConfigError, OutputExistsError
+
+RUN_CONFIG, METRICS, TENSORBOARD = "run.yaml", "metrics.jsonl", "tensorboard"
+# Everything any run writes into its folder (fine-tuning adds task.json, adapters and last/;
+# ELECTRA adds generator/); --overwrite removes these and nothing else.
+RUN_FILES = (RUN_CONFIG, METRICS, CONFIG, WEIGHTS, TOKENIZER, OPTIMIZER, TRAINER_STATE, PENDING, TENSORBOARD,
+             "generator", "task.json", "adapter.safetensors", "adapter_config.json", "last")
+
+
+def folder_to_continue(out: str, resume: bool, overwrite: bool, kind: str = "stratalm run") -> bool:
+    """False when `out` is free (absent, empty, or to be overwritten); True when it holds a run to
+    resume (its run.yaml is there); otherwise an error that says what to pass."""
+    if not os.path.exists(out) or not os.listdir(out):
+        return False
+    if not os.path.isdir(out):
+        raise OutputExistsError(f"'{out}' is a file, not a folder; choose another --out.")
+    if overwrite:
+        return False
+    if not resume:
+        raise OutputExistsError(
+            f"'{out}' already holds files of another run; pass --resume to continue it, --overwrite to replace it, or choose another --out."
+        )
+    if not os.path.isfile(os.path.join(out, RUN_CONFIG)):
+        raise OutputExistsError(f"'{out}' is not a {kind} folder (no {RUN_CONFIG}); choose another --out.")
+    return True
+
+
+def read_run_config(out: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(out, RUN_CONFIG)) as handle:
+            saved = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError):
+        raise OutputExistsError(f"'{out}/{RUN_CONFIG}' is unreadable; pass --overwrite to start the run again.") from None
+    if not isinstance(saved, dict):
+        raise OutputExistsError(f"'{out}/{RUN_CONFIG}' is corrupt; pass --overwrite to start the run again.")
+    return saved
+
+
+def first_difference(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> Optional[tuple[str, Any, Any]]:
+    """The first key (dotted, sorted) whose value differs between two nested settings, or None."""
+    for key in sorted(now):
+        old, new = saved.get(key), now[key]
+        if isinstance(new, dict) and isinstance(old, dict):
+            found = first_difference(old, new, f"{prefix}{key}.")
+            if found:
+                return found
+        elif old != new:
+            return prefix + key, old, new
+    return None
+
+
+def claim_folder(out: str, checkpoint_dir: str, resume: bool, overwrite: bool, identity: dict[str, Any],
+                 kind: str) -> bool:
+    """Decide what to do with `out` before anything is written; True = resume from `checkpoint_dir`.
+    `identity` holds what a resumed run must share with the saved one (its run.yaml): a different
+    value is an error that names the key."""
+    if not folder_to_continue(out, resume, overwrite, kind):
+        return False
+    recover(out)
+    if os.path.isdir(checkpoint_dir):
+        recover(checkpoint_dir)
+    if not has_checkpoint(checkpoint_dir):
+        return False  # killed before its first checkpoint: start again from the beginning
+    saved = read_run_config(out)
+    difference = first_difference(saved, identity)
+    if difference:
+        key, old, new = difference
+        if old is None and key.split(".")[0] not in saved:
+            raise OutputExistsError(f"'{out}' was written by an earlier stratalm whose {RUN_CONFIG} has no '{key}'; "
+                                    f"this run cannot be resumed, so restart it with --overwrite.")
+        raise OutputExistsError(f"'{out}' holds a run with {key} = {old!r}, not {new!r}; resume with the same "
+                                f"settings, or pass --overwrite.")
+    return True
+
+
+def clear_run_files(out: str) -> None:
+    """Remove the files a previous run wrote (for --overwrite), and nothing else."""
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def write_run_config(out: str, settings: dict[str, Any]) -> None:
+    with open(os.path.join(out, RUN_CONFIG), "w") as handle:
+        yaml.safe_dump(settings, handle, sort_keys=False)
+
+
+def _step_of(line: str):
+    """The step of a metrics line, or None for a line cut short by a crash."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, each with the step it belongs to; with
+    `tensorboard`, every number also goes to a SummaryWriter in OUT/tensorboard."""
+
+    def __init__(self, out: str, enabled: bool, tensorboard: bool = False) -> None:
+        self.path = os.path.join(out, METRICS)
+        self.enabled = enabled
+        self.board_folder = os.path.join(out, TENSORBOARD) if enabled and tensorboard else None
+        self.board, self.purge_step = None, None
+        if self.board_folder:
+            _summary_writer_class()  # a missing package is an error at start, not at the first metric
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines written after the checkpoint we resume from; the resumed run writes them again."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        self.purge_step = step + 1  # TensorBoard drops its own events after the checkpoint too
+        with open(self.path) as handle:
+            kept = [line for line in handle if _step_of(line) is not None and _step_of(line) <= step]
+        with open(self.path, "w") as handle:
+            handle.writelines(kept)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.board_folder and self.board is None:
+            self.board = _summary_writer_class()(self.board_folder, purge_step=self.purge_step)
+        if self.board is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.board.add_scalar(key, value, record["step"])
+            self.board.flush()
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+def _summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("the tensorboard option needs the tensorboard package: pip install 'stratalm[tensorboard]'.") from None
+    return SummaryWriter

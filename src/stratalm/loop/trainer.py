@@ -1,0 +1,245 @@
+"""The one training loop, for pretraining and fine-tuning alike: device, torchrun, autocast,
+compile, gradient accumulation, the schedule, clipping, the log / evaluation / save cadence and
+exact resume of the step, the training time and every random generator.
+
+What differs between runs is a `Recipe` (recipe.py): how a step's batches are drawn, the loss of
+each, how to evaluate and what to keep afterwards, and any state of its own. Pretraining is one
+recipe (data + objective, pretraining.py), fine-tuning on a task another (tasks/finetune.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..checkpoint.training import decode_rng, encode_rng, load_training_checkpoint, save_training_checkpoint
+from ..errors import ConfigError
+from .config import TrainConfig
+from .distributed import Distributed, setup_distributed, teardown_distributed
+from .optim import learning_rate, make_optimizer
+from .recipe import Part, Recipe
+from .run_folder import MetricsLog, claim_folder, clear_run_files, write_run_config
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(name: str, dist: Distributed) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.enabled:
+        name = f"cuda:{dist.local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("the device asks for CUDA but no CUDA device is available; use device=cpu.")
+    return torch.device(name)
+
+
+def check_loop_settings(cfg: TrainConfig) -> None:
+    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.max_steps < 0 or cfg.log_every < 1:
+        raise ConfigError("batch_size, grad_accum and log_every must be at least 1, and max_steps not negative.")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be auto, fp32 or bf16; got '{cfg.precision}'.")
+
+
+class Loop:
+    """Runs `recipe` under the loop settings `cfg`, writing into the folder `out`."""
+
+    def __init__(self, recipe: Recipe, cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False) -> None:
+        check_loop_settings(cfg)
+        self.recipe, self.cfg, self.out = recipe, cfg, out
+        wants_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+        self.dist = setup_distributed("cuda" if wants_cuda else "cpu")
+        self.device = resolve_device(cfg.device, self.dist)
+        parts = cfg.grad_accum * self.dist.world_size
+        if cfg.batch_size % parts:
+            raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by grad_accum x processes ({parts}).")
+
+        # Everything that can fail on user input (data, model, options) happens before the folder is touched.
+        recipe.setup(self)
+        self.model = recipe.model.to(self.device)
+        self.total_steps = recipe.total_steps()
+        if self.total_steps < 1:
+            raise ConfigError("the run has no step to take; max_steps must be at least 1.")
+        self.schedule = dataclasses.replace(cfg, max_steps=self.total_steps)
+        self.optimizer = make_optimizer(self.model, self.schedule, self.device, recipe.parameter_groups())
+        self.checkpoint_dir = os.path.join(out, recipe.checkpoint_subdir) if recipe.checkpoint_subdir else out
+
+        self.resuming = claim_folder(out, self.checkpoint_dir, resume, overwrite, recipe.identity(), recipe.kind)
+        self.dist.barrier()  # every process has looked at the folder before the first one writes to it
+        self.step, self.train_seconds = 0, 0.0  # time in training steps (evaluation and saving excluded)
+        self.metrics = MetricsLog(out, self.dist.is_main, cfg.tensorboard)
+        if self.dist.is_main:
+            os.makedirs(out, exist_ok=True)
+            if not self.resuming:
+                clear_run_files(out)
+            write_run_config(out, recipe.settings())
+        self.dist.barrier()
+        if self.resuming:
+            self._restore(load_training_checkpoint(self.checkpoint_dir, self.model, self.optimizer))
+            self.metrics.truncate_after(self.step)
+        else:
+            for record in recipe.start_records():
+                self.metrics.write(record)
+
+        self.forward_model: torch.nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        self.hand_synced = self.dist.enabled and not recipe.ddp_wrapper
+        if self.dist.enabled and recipe.ddp_wrapper:
+            self.forward_model = DistributedDataParallel(
+                self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        elif self.hand_synced:
+            self.dist.broadcast_parameters(self.model)  # what DDP's constructor does: every process starts equal
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.autocast: Callable[[], Any] = (
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext)
+        self.say = tqdm.write if self.dist.is_main else (lambda *_: None)
+
+    # -- state ------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        rng = {"torch": encode_rng(torch.get_rng_state())}
+        if self.device.type == "cuda":
+            rng["cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
+        rng.update({name: encode_rng(state) for name, state in self.recipe.rng_states().items()})
+        return {"step": self.step, **self.recipe.state(self.step), "world_size": self.dist.world_size,
+                "train_s": self.train_seconds, "rng": rng}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_s", 0.0))  # older checkpoints lack it
+        rng = state["rng"]
+        torch.set_rng_state(decode_rng(rng["torch"]))
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(decode_rng(rng["cuda"]), self.device)
+        self.recipe.restore(state, {name: decode_rng(text) for name, text in rng.items() if name not in ("torch", "cuda")})
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            save_training_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self._state())
+        self.dist.barrier()
+
+    # -- one step -----------------------------------------------------------------------------
+    def rows(self, count: int) -> slice:
+        """This process's rows of a micro-batch of `count` rows (every process prepares all of
+        them, so N processes see exactly the examples one process would)."""
+        return slice(self.dist.rank * count // self.dist.world_size, (self.dist.rank + 1) * count // self.dist.world_size)
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over grad_accum micro-batches; returns the mean loss over all processes."""
+        lr = learning_rate(self.step, self.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        micro_batches = [self.recipe.micro_batch(self.step, m, self.cfg.grad_accum) for m in range(self.cfg.grad_accum)]
+        # Each loss is a mean over its scored targets; weighting it by its share of all scored
+        # targets of the step (every process, every micro-batch) makes the sum the mean loss of the
+        # whole batch, however masking or padding spread the targets.
+        scored: dict[str, float] = {}
+        for parts in micro_batches:
+            for part in parts:
+                scored[part.key] = scored.get(part.key, 0.0) + float(part.scored.sum())
+        single = all(len(parts) == 1 for parts in micro_batches)
+        total = torch.zeros((), device=self.device)
+        for m, parts in enumerate(micro_batches):
+            for part in parts:
+                total += self._backward(part, scored[part.key], last=m == self.cfg.grad_accum - 1 and single)
+        if self.dist.enabled and (self.hand_synced or not single):
+            # A mixture's components each leave some parameters idle (simcse never uses the MLM head),
+            # which DDP's own hooks cannot handle, and a task may call the model several times a step:
+            # those gradients were accumulated without syncing and are averaged here instead.
+            self.dist.average_gradients(self.model)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return self.dist.mean(total)
+
+    def _backward(self, part: Part, step_scored: float, last: bool) -> torch.Tensor:
+        count = int(part.scored.shape[0])
+        rows, factor = self.rows(count), 0.0
+        if rows.start == rows.stop:  # fewer rows than processes: join the step with a zero-weight row
+            rows = slice(0, 1)
+        elif step_scored > 0:
+            factor = self.dist.world_size * float(part.scored[rows].sum()) / step_scored
+        inputs = {k: v[rows].to(self.device, non_blocking=True) for k, v in part.inputs.items()}
+        targets = {k: v[rows].to(self.device, non_blocking=True) for k, v in part.targets.items()}
+        # DDP syncs on the last micro-batch of a single loss; otherwise gradients are averaged by hand.
+        ddp = isinstance(self.forward_model, DistributedDataParallel)
+        sync = self.forward_model.no_sync() if ddp and not last else contextlib.nullcontext()
+        with sync:
+            with self.autocast():
+                loss = part.compute(self.forward_model, inputs, targets) * (factor * part.weight)
+            loss.backward()
+        return loss.detach()
+
+    # -- the run ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """The recipe's evaluation, logged. Randomness inside (ELECTRA's sampled replacements)
+        comes from a fixed seed and leaves the training run's random state untouched, so a run
+        resumes exactly."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(0)
+                record, line = self.recipe.evaluate(self)
+        finally:
+            self.model.train()
+        if record:
+            self.metrics.write({"step": self.step, "train_s": round(self.train_seconds, 3), **record})
+            self.say(f"step {self.step}: {line}")
+        return record
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.started = time.perf_counter()  # wall time of this invocation (evaluation included)
+        self.say(self.recipe.describe(self))
+        if self.resuming:
+            self.say(f"resuming from step {self.step} in {self.out}")
+        if self.recipe.evaluate_at_start and self.step == 0:
+            self.evaluate()  # the starting point of the dev curves
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.recipe.progress_label, unit="step",
+                   disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True)
+        self.model.train()
+        window_loss, window_steps, window_time = 0.0, 0, 0.0  # since the last metrics line
+        while self.step < self.total_steps:
+            started = time.perf_counter()
+            loss = float(self.train_step())  # float() waits for the step, so the time is honest
+            seconds = time.perf_counter() - started
+            window_time += seconds
+            self.train_seconds += seconds
+            window_loss += loss
+            window_steps += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                record = {"step": self.step, "loss": window_loss / window_steps, "lr": learning_rate(self.step - 1, self.schedule),
+                          **self.recipe.throughput(window_steps, max(window_time, 1e-9)), "train_s": round(self.train_seconds, 3)}
+                self.metrics.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                self.recipe.last_loss = record["loss"]
+                window_loss, window_steps, window_time = 0.0, 0, 0.0
+            evaluated = self.recipe.should_evaluate(self.step, self.total_steps, cfg.eval_every)
+            if evaluated:
+                self.evaluate()
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == self.total_steps \
+                    or (evaluated and self.recipe.save_at_evaluation):
+                self.save()
+        bar.close()
+        return self.recipe.finish(self)
+
+    def close(self) -> None:
+        self.metrics.close()
+        teardown_distributed(self.dist)
+
+
+def run(recipe: Recipe, cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Build the loop for `recipe`, train to the end, and return the recipe's result."""
+    loop = Loop(recipe, cfg, out, resume, overwrite)
+    try:
+        return loop.fit()
+    finally:
+        loop.close()
