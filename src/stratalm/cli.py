@@ -91,6 +91,31 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, steps=args.steps)
 
 
+def _inspect_report(args: argparse.Namespace) -> None:
+    from .checkpoint import load
+    from .lens.build import report_data
+    from .lens.report import write_report
+
+    model = load(args.model)
+    path = write_report(report_data(model, args.text, args.text_pair, args.target, source=args.model, top_k=args.top_k),
+                        args.out)
+    print(f"wrote {path} (open it in a browser; figures and arrays are next to it)")
+
+
+def _add_inspect_parsers(sub) -> None:
+    p = sub.add_parser("inspect", help="look inside a model, layer by layer (the layer lens)")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    r = verbs.add_parser("report", help="one offline HTML page: attention of every layer and head, head statistics, "
+                                        "the logit lens; PNG figures and JSON/safetensors arrays beside it")
+    r.add_argument("model", help="a model folder (stratalm or Hugging Face)")
+    r.add_argument("--text", required=True, help="the text the model reads")
+    r.add_argument("--text-pair", help="a second segment (encoders: [CLS] text [SEP] pair [SEP])")
+    r.add_argument("--target", help="T5: what the decoder reads (default: the text itself)")
+    r.add_argument("--out", required=True, help="folder for report.html and its figures")
+    r.add_argument("--top-k", type=int, default=5, help="tokens per cell of the logit lens (default 5)")
+    r.set_defaults(func=_inspect_report)
+
+
 def _task_flags(args: argparse.Namespace) -> dict:
     """The task options given on the command line (flags left out keep the task's defaults)."""
     from .tasks import all_options
@@ -272,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     _add_task_parsers(sub)
+    _add_inspect_parsers(sub)
     return parser
 
 

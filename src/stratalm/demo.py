@@ -13,6 +13,7 @@ from .errors import OutputExistsError
 
 MARKER = "stratalm-demo.json"
 DEMO_STEPS = 700  # about two minutes on 2 CPU cores (~12k tokens/s)
+LENS_TOKENS = 48  # the lens report reads the sample's first tokens: a page that stays quick to open
 
 
 def write_corpus(path: str) -> int:
@@ -55,6 +56,19 @@ def run_demo(out: str = "runs/demo", steps: int | None = None) -> None:
     prompt = "The "
     print(f"\nsample (prompt {prompt!r}, temperature 0.8, top-k 40):\n")
     print(prompt, end="", flush=True)
-    generate(model, prompt, max_new_tokens=120, temperature=0.8, top_k=40, seed=0,
-             on_text=lambda text: print(text, end="", flush=True))
+    sample = prompt + generate(model, prompt, max_new_tokens=120, temperature=0.8, top_k=40, seed=0,
+                               on_text=lambda text: print(text, end="", flush=True))
     print(f"\n\nagain: stratalm generate {model_dir} --prompt \"The for statement\" --temperature 0.8 --top-k 40")
+    _lens_report(model, sample, model_dir, os.path.join(out, "lens"))
+
+
+def _lens_report(model, sample: str, model_dir: str, folder: str) -> None:
+    """The layer lens on the model's own sample: what each layer predicts and each head attends to."""
+    from .lens.build import report_data
+    from .lens.report import write_report
+
+    ids = model.tokenizer.encode(sample)[:LENS_TOKENS]
+    text = model.tokenizer.decode(ids)
+    path = write_report(report_data(model, text, source=model_dir), folder)
+    print(f"\nthe layer lens on the first {len(ids)} tokens of the sample (attention of every layer and head, "
+          f"the logit lens):\n  open {path}\n  again: stratalm inspect report {model_dir} --text \"...\" --out DIR")

@@ -70,10 +70,13 @@ class Attention(nn.Module):
         need_weights: bool = False,
         layer: int = 0,
         memory: Optional[torch.Tensor] = None,
+        tap=None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """`layer` is the position in the stack, which names this call's slot in the cache (a
         block shared by several positions keeps one slot per position). `mask` is boolean (True =
-        attend) or float (added to the scores: T5's position bias with -inf where masked)."""
+        attend) or float (added to the scores: T5's position bias with -inf where masked). `tap`
+        (block.py's lens protocol) sees q, k, v (B, n, S, hd, after rotary and the cache), the
+        pattern (B, nh, T, S) and z, each head's output before the output projection (B, nh, T, hd)."""
         B, T, _ = x.shape
         if self.cross:
             q = self.q(x)
@@ -94,27 +97,54 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # (B, nkv, S, hd), S = cached + T
-        if need_weights:
+        if tap is not None:
+            q, k, v = tap("q", q), tap("k", k), tap("v", v)
+        weights = None
+        if tap is not None and tap.changes("pattern"):  # an intervention on the pattern: the output comes from it
+            weights = tap("pattern", attention_weights(q, k, mask, is_causal, self.scale))
+            y = weights @ repeat_kv(v, q.shape[1] // v.shape[1])
+        elif need_weights:
             y, weights = attention_with_weights(q, k, v, mask, is_causal, self.scale)
+            if tap is not None:
+                weights = tap("pattern", weights)
         else:
-            weights = None
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal,
-                dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
-                enable_gqa=self.n_kv_heads != self.n_heads,
-            )  # (B, nh, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-        return self.out(y), weights
+            y = self._fused(q, k, v, mask, is_causal)  # (B, nh, T, hd)
+            if tap is not None and tap.wants("pattern"):
+                # Captured, not changed: the output still comes from the fused kernel, so a traced
+                # forward gives bitwise the logits of a plain one.
+                tap("pattern", attention_weights(q, k, mask, is_causal, self.scale))
+        if tap is not None:
+            y = tap("z", y)
+        return self._output(y, B, T), weights
+
+    def _fused(self, q, k, v, mask, is_causal) -> torch.Tensor:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale, enable_gqa=self.n_kv_heads != self.n_heads)
+
+    def _output(self, y: torch.Tensor, B: int, T: int) -> torch.Tensor:
+        """(B, nh, T, hd) -> the output projection of the heads side by side."""
+        return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, n x hd) -> (B, n, T, hd)."""
         return x.view(x.shape[0], x.shape[1], -1, self.head_dim).transpose(1, 2)
 
 
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Grouped-query keys or values (B, nkv, S, hd) -> one per query head (B, nkv x groups, S, hd)."""
+    return x.repeat_interleave(groups, dim=1) if groups > 1 else x
+
+
 def attention_with_weights(q, k, v, mask, is_causal, scale=None):
     """The explicit softmax(q k^T * scale + mask) v, used only when the caller asks for the weights."""
-    groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    weights = attention_weights(q, k, mask, is_causal, scale)
+    return weights @ repeat_kv(v, q.shape[1] // v.shape[1]), weights
+
+
+def attention_weights(q, k, mask, is_causal, scale=None) -> torch.Tensor:
+    """softmax(q k^T * scale + mask): (B, nh, T, S)."""
+    k = repeat_kv(k, q.shape[1] // k.shape[1])
     scores = q @ k.transpose(-2, -1) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))  # (B, nh, T, S)
     if is_causal:
         T, S = scores.shape[-2:]
@@ -123,5 +153,4 @@ def attention_with_weights(q, k, v, mask, is_causal, scale=None):
         scores = scores.masked_fill(~mask, float("-inf"))
     elif mask is not None:
         scores = scores + mask
-    weights = scores.softmax(dim=-1)
-    return weights @ v, weights
+    return scores.softmax(dim=-1)

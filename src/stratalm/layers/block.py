@@ -47,19 +47,39 @@ class Block(nn.Module):
         layer: int = 0,
         memory: Optional[torch.Tensor] = None,
         memory_mask: Optional[torch.Tensor] = None,
+        tap=None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """`tap`, when a lens is attached (lens/points.py), is called as `tap(name, tensor)` at each
+        named point and returns the tensor to carry on with (the same one, or a replacement);
+        `tap.child("attn")` names the points inside a sublayer, and `tap.wants(name)` /
+        `tap.changes(name)` say whether a point is captured / intervened on. The residual stream
+        is `resid_pre`, then `resid_mid` after attention (`resid_mid_cross` after cross-attention),
+        then `resid_post`; sublayer outputs are `attn_out`, `cross_attn_out` and `ff_out`."""
+        if tap is None:
+            attn_tap = cross_tap = ff_tap = None
+        else:
+            x = tap("resid_pre", x)
+            attn_tap, cross_tap, ff_tap = tap.child("attn"), tap.child("cross_attn"), tap.child("ff")
         if self.pre_norm:
             a, weights = self.attn(self.attn_norm(x), mask=mask, is_causal=is_causal, rotary=rotary, cache=cache,
-                                   need_weights=need_weights, layer=layer)
-            x = x + self._drop(a)
+                                   need_weights=need_weights, layer=layer, tap=attn_tap)
+            x = _seen(tap, "resid_mid", x + self._drop(_seen(tap, "attn_out", a)))
             if self.cross:
-                c, _ = self.cross_attn(self.cross_norm(x), mask=memory_mask, cache=cache, layer=layer, memory=memory)
-                x = x + self._drop(c)
-            return x + self._drop(self.ff(self.ff_norm(x))), weights
+                c, _ = self.cross_attn(self.cross_norm(x), mask=memory_mask, cache=cache, layer=layer, memory=memory,
+                                       tap=cross_tap)
+                x = _seen(tap, "resid_mid_cross", x + self._drop(_seen(tap, "cross_attn_out", c)))
+            f = _seen(tap, "ff_out", self.ff(self.ff_norm(x), tap=ff_tap))
+            return _seen(tap, "resid_post", x + self._drop(f)), weights
         a, weights = self.attn(x, mask=mask, is_causal=is_causal, rotary=rotary, cache=cache, need_weights=need_weights,
-                               layer=layer)
-        x = self.attn_norm(x + self._drop(a))
+                               layer=layer, tap=attn_tap)
+        x = _seen(tap, "resid_mid", self.attn_norm(x + self._drop(_seen(tap, "attn_out", a))))
         if self.cross:
-            c, _ = self.cross_attn(x, mask=memory_mask, cache=cache, layer=layer, memory=memory)
-            x = self.cross_norm(x + self._drop(c))
-        return self.ff_norm(x + self._drop(self.ff(x))), weights
+            c, _ = self.cross_attn(x, mask=memory_mask, cache=cache, layer=layer, memory=memory, tap=cross_tap)
+            x = _seen(tap, "resid_mid_cross", self.cross_norm(x + self._drop(_seen(tap, "cross_attn_out", c))))
+        f = _seen(tap, "ff_out", self.ff(x, tap=ff_tap))
+        return _seen(tap, "resid_post", self.ff_norm(x + self._drop(f))), weights
+
+
+def _seen(tap, name: str, x: torch.Tensor) -> torch.Tensor:
+    """`x` as the lens leaves it at point `name` (itself when no lens is attached)."""
+    return x if tap is None else tap(name, x)

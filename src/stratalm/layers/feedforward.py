@@ -34,9 +34,14 @@ class FeedForward(nn.Module):
         self.up = Linear(config.d_model, width, bias=config.mlp_bias)
         self.down = Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tap=None) -> torch.Tensor:
+        """`tap` (block.py's lens protocol) sees the hidden activations as `hidden` (B, T, d_ff)."""
         h = self.up(x)  # (B, T, d_ff) or (B, T, 2 d_ff)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            return self.down(self.act(gate) * up)
-        return self.down(self.act(h))
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        if tap is not None:
+            h = tap("hidden", h)
+        return self.down(h)

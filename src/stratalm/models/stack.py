@@ -45,6 +45,10 @@ class TransformerStack(nn.Module):
         self.final_norm = (
             make_norm(config.norm, config.d_model, config.norm_eps, config.norm_bias) if config.final_norm else None
         )
+        # A lens (lens/points.py) attached to this stack: it sees `embed`, every block's points as
+        # `blocks.<depth>.<point>` (ALBERT's shared block once per depth) and `final_norm`. None
+        # costs one attribute read per forward.
+        self.tap = None
 
     def forward(
         self,
@@ -75,6 +79,9 @@ class TransformerStack(nn.Module):
             x = F.dropout(x, self.config.dropout, self.training)
         if self.embed_proj is not None:
             x = self.embed_proj(x)  # (B, T, embedding_dim) -> (B, T, C)
+        tap = self.tap
+        if tap is not None:
+            x = tap("embed", x)
         rotary = self.rotary.tables(position_ids) if self.rotary is not None else None
         mask, is_causal = attention_mask_for(attention_mask, T, past + T, self.causal, input_ids.device)
         if self.rel_bias is not None:
@@ -86,7 +93,7 @@ class TransformerStack(nn.Module):
         for layer, index in enumerate(self.layer_plan):
             x, weights = self.blocks[index](
                 x, mask=mask, is_causal=is_causal, rotary=rotary, cache=cache, need_weights=output_attentions,
-                layer=layer, memory=memory, memory_mask=memory_mask,
+                layer=layer, memory=memory, memory_mask=memory_mask, tap=tap.child(f"blocks.{layer}") if tap else None,
             )
             if hidden is not None:
                 hidden.append(x)
@@ -96,6 +103,8 @@ class TransformerStack(nn.Module):
             cache.advance(T)
         if self.final_norm is not None:
             x = self.final_norm(x)
+            if tap is not None:
+                x = tap("final_norm", x)
             if hidden is not None:
                 hidden[-1] = x  # the last hidden state is the normed one, as in transformers
         return x, (tuple(hidden) if hidden is not None else None), (tuple(attentions) if attentions is not None else None)
