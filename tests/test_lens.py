@@ -165,3 +165,23 @@ def test_bad_input_says_what_is_valid(tokenizer):
     bare = tiny("bert", tokenizer, mlm_head=False, nsp_head=False)
     with pytest.raises(ConfigError, match="pooler"):
         logit_lens(bare, text_inputs(bare, TEXT))
+
+
+def test_pretraining_writes_the_lens_dynamics_and_plot_draws_them(char_data, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    done = run_cli("pretrain", "--data", char_data, "--out", out, "--max-steps", "20", "--model", "tiny",
+                   "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32",
+                   "train.batch_size=8", "train.eval_every=0", "train.progress=false", "lens.every=10", "lens.windows=4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lens = [r for r in records if "lens.kl.0" in r]
+    assert [r["step"] for r in lens] == [10, 20]
+    assert lens[0]["lens.kl.2"] == 0 and lens[0]["lens.kl.0"] > 0  # the last depth is the model's own output
+    assert "lens.cka_prev.0" not in lens[0] and 0 < lens[1]["lens.cka_prev.1"] <= 1 + 1e-6
+    assert all(0 < r["lens.entropy.0"] < 4 for r in lens)
+    plotted = run_cli("plot", out)
+    assert plotted.returncode == 0 and (out / "curves.png").stat().st_size > 10_000

@@ -1,7 +1,8 @@
 """`stratalm plot RUN_DIR`: the curves of a run's metrics.jsonl, drawn to a PNG with matplotlib.
 
 Left: training loss and validation loss against the step. Right: every other validation metric
-the objective reported (masked-token accuracy, ...), if any. matplotlib is an optional extra.
+the objective reported (masked-token accuracy, ...), if any. Below, when the run measured them
+(`lens.every`), the layer lens's dynamics per layer. matplotlib is an optional extra.
 """
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
     extra = sorted({k for r in val for k in r if k.startswith("val_") and k not in ("val_loss", "val_perplexity")})
-    fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(11 if extra else 6, 4), squeeze=False)
+    lens = [r for r in records if any(k.startswith("lens.") for k in r)]
+    rows = 2 if lens else 1
+    fig, axes = plt.subplots(rows, 3 if lens else (2 if extra else 1), figsize=(16 if lens else (11 if extra else 6), 4 * rows),
+                             squeeze=False)
     ax = axes[0][0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss", lw=1)
     if val:
@@ -57,9 +61,29 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
         ax.set_xlabel("step")
         ax.legend()
         ax.grid(alpha=0.3)
+    if lens:
+        _lens_panels(axes[1], lens)
     fig.suptitle(os.path.basename(os.path.abspath(run_dir)))
     fig.tight_layout()
     out = out or os.path.join(run_dir, "curves.png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+LENS_PANELS = (("lens.kl.", "logit-lens KL to the final distribution"), ("lens.entropy.", "mean head entropy (nats)"),
+               ("lens.cka_prev.", "CKA to the previous measure"))
+
+
+def _lens_panels(axes, records: list[dict]) -> None:
+    """The layer lens's training dynamics (lens.every): one line per layer in each panel."""
+    for ax, (prefix, title) in zip(axes, LENS_PANELS):
+        keys = sorted({k for r in records for k in r if k.startswith(prefix)}, key=lambda k: int(k.rsplit(".", 1)[1]))
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*points), "o-", ms=3, label=f"layer {key.rsplit('.', 1)[1]}")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if keys:
+            ax.legend(fontsize=7)

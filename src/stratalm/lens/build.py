@@ -14,8 +14,9 @@ from .trace import text_inputs
 
 
 def report_data(model: nn.Module, text: str, text_pair: Optional[str] = None, target: Optional[str] = None,
-                source: str = "", top_k: int = 5) -> dict[str, Any]:
-    """The report of `model` reading `text` (see report.py for the layout of the dict)."""
+                source: str = "", top_k: int = 5, tuned: Optional[Any] = None) -> dict[str, Any]:
+    """The report of `model` reading `text` (see report.py for the layout of the dict); `tuned`, a
+    TunedLens (tuned.py) of this model, adds its KL per layer beside the logit lens's."""
     config = model.config
     inputs = text_inputs(model, text, text_pair, target)
     maps = attention_maps(model, inputs)
@@ -41,6 +42,9 @@ def report_data(model: nn.Module, text: str, text_pair: Optional[str] = None, ta
         "final_prob": lens["final_prob"],
         "kl": lens["kl"],
     }
+    if tuned is not None:
+        tuned.check(model)
+        data["logit_lens"]["tuned_kl"] = logit_lens(model, inputs, k=top_k, translators=tuned.translators)["kl"]
     if head.classes is not None:
         data["notes"].append("the lens reads the replaced-token head: each cell is original or replaced.")
     return data

@@ -284,7 +284,7 @@ def write_report(data: dict, out_dir: str, pngs: bool = True) -> str:
     the path of report.html. Nothing is written when the data is malformed or matplotlib is missing."""
     rep = validate(data)
     if pngs:
-        plt = _pyplot()
+        plt = pyplot()
     os.makedirs(out_dir, exist_ok=True)
     from safetensors.numpy import save_file
 
@@ -301,7 +301,7 @@ def write_report(data: dict, out_dir: str, pngs: bool = True) -> str:
     return page
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 

@@ -185,11 +185,12 @@ class PretrainRecipe(Recipe):
         return self.result
 
 
-def pretraining_loop(run: RunConfig, resume: bool = False, overwrite: bool = False) -> Loop:
+def pretraining_loop(run: RunConfig, resume: bool = False, overwrite: bool = False, observers=()) -> Loop:
     """The loop of a pretraining run, built and ready to `fit()` (then `close()`)."""
-    return Loop(PretrainRecipe(run), run.train, run.out, resume, overwrite)
+    return Loop(PretrainRecipe(run), run.train, run.out, resume, overwrite, observers)
 
 
-def pretrain(run: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
-    """Train as `run` says; returns the final metrics (loss, val_loss, val_perplexity)."""
-    return run_loop(PretrainRecipe(run), run.train, run.out, resume, overwrite)
+def pretrain(run: RunConfig, resume: bool = False, overwrite: bool = False, observers=()) -> dict[str, float]:
+    """Train as `run` says; returns the final metrics (loss, val_loss, val_perplexity). `observers`
+    measure the model as it trains (stratalm.lens.dynamics.LayerDynamics for `lens.every`)."""
+    return run_loop(PretrainRecipe(run), run.train, run.out, resume, overwrite, observers)

@@ -20,6 +20,13 @@ from .config import TrainConfig
 
 
 @dataclass(frozen=True)
+class LensDynamicsConfig:
+    every: int = setting(0, "steps between layer-lens measures in metrics.jsonl: per-layer logit-lens KL, mean head "
+                            "entropy, CKA to the previous measure (0 = off); `stratalm plot` draws them")
+    windows: int = setting(8, "validation windows the measures read (the same ones every time)")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: str = setting("", "prepared data folder (from `stratalm prepare`)")
     out: str = setting("", "output folder: checkpoint, metrics.jsonl, run.yaml")
@@ -30,6 +37,7 @@ class RunConfig:
     mlm: MaskingConfig = field(default_factory=MaskingConfig, metadata={"help": "masking recipe of the mlm objective"})
     rtd: ReplacedTokenConfig = field(default_factory=ReplacedTokenConfig, metadata={"help": "ELECTRA's generator and loss weights"})
     simcse: ContrastiveConfig = field(default_factory=ContrastiveConfig, metadata={"help": "contrastive sentence embeddings"})
+    lens: LensDynamicsConfig = field(default_factory=LensDynamicsConfig, metadata={"help": "training dynamics seen by the layer lens"})
 
     @property
     def model_source(self) -> str:

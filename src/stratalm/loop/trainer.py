@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -49,9 +49,12 @@ def check_loop_settings(cfg: TrainConfig) -> None:
 class Loop:
     """Runs `recipe` under the loop settings `cfg`, writing into the folder `out`."""
 
-    def __init__(self, recipe: Recipe, cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, recipe: Recipe, cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False,
+                 observers: Sequence[Any] = ()) -> None:
+        """`observers` watch the run from above the loop (the layer lens's training dynamics): each
+        has `observe(loop) -> dict`, called after every step, whose numbers (if any) are logged."""
         check_loop_settings(cfg)
-        self.recipe, self.cfg, self.out = recipe, cfg, out
+        self.recipe, self.cfg, self.out, self.observers = recipe, cfg, out, list(observers)
         wants_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
         self.dist = setup_distributed("cuda" if wants_cuda else "cpu")
         self.device = resolve_device(cfg.device, self.dist)
@@ -194,6 +197,21 @@ class Loop:
             self.say(f"step {self.step}: {line}")
         return record
 
+    @torch.no_grad()
+    def observe(self) -> None:
+        """Let each observer measure the model, in evaluation mode and with the training run's
+        random state untouched (like `evaluate`)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                records = [observer.observe(self) for observer in self.observers]
+        finally:
+            self.model.train()
+        merged = {k: v for record in records if record for k, v in record.items()}
+        if merged:
+            self.metrics.write({"step": self.step, "train_s": round(self.train_seconds, 3), **merged})
+
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self.started = time.perf_counter()  # wall time of this invocation (evaluation included)
@@ -222,6 +240,8 @@ class Loop:
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 self.recipe.last_loss = record["loss"]
                 window_loss, window_steps, window_time = 0.0, 0, 0.0
+            if self.observers:
+                self.observe()
             evaluated = self.recipe.should_evaluate(self.step, self.total_steps, cfg.eval_every)
             if evaluated:
                 self.evaluate()
@@ -236,9 +256,10 @@ class Loop:
         teardown_distributed(self.dist)
 
 
-def run(recipe: Recipe, cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run(recipe: Recipe, cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False,
+        observers: Sequence[Any] = ()) -> dict[str, Any]:
     """Build the loop for `recipe`, train to the end, and return the recipe's result."""
-    loop = Loop(recipe, cfg, out, resume, overwrite)
+    loop = Loop(recipe, cfg, out, resume, overwrite, observers)
     try:
         return loop.fit()
     finally:
