@@ -144,8 +144,11 @@ def finalize(result: dict[str, Any], args: argparse.Namespace) -> None:
     result["step"] = "forward + cross_entropy + backward + clip_grad_norm(1.0) + AdamW(fused).step + zero_grad"
     for entry in result["configs"].values():
         for stats in entry["systems"].values():
-            stats["model_gflops"] = round(entry["flops_per_token"] * stats["per_s"] / 1e9, 2)
-            stats["fraction_of_ceiling"] = round(stats["model_gflops"] / ceiling, 3)
+            gflops = entry["flops_per_token"] * stats["per_s"] / 1e9
+            # Significant digits, not decimals: a smoke-sized model on a busy machine runs far below
+            # 0.01 GFLOP/s, and rounding that to 0 would read as "did not run".
+            stats["model_gflops"] = float(f"{gflops:.4g}")
+            stats["fraction_of_ceiling"] = float(f"{gflops / ceiling:.3g}")
 
 
 def note(system: str, competitor: Optional[str], entry: dict[str, Any]) -> str:
