@@ -65,8 +65,11 @@ def test_similarity_probe_heads_and_tuned_lens(folders, char_data, tmp_path, cap
                "--out", tmp_path / "tuned")
     assert "depth 2" in said and (tmp_path / "tuned" / "tuned_lens.safetensors").exists()
     run(capsys, "inspect", "report", folders["gpt"], "--text", "abc", "--tuned-lens", tmp_path / "tuned", "--out",
-        tmp_path / "with-tuned")
-    assert "tuned_kl" in json.loads((tmp_path / "with-tuned" / "data.json").read_text())["logit_lens"]
+        tmp_path / "with-tuned", "--patch-from", "abd")
+    data = json.loads((tmp_path / "with-tuned" / "data.json").read_text())
+    assert "tuned_kl" in data["logit_lens"]
+    values = data["patching"]["values"]  # (layers, positions): the first two characters are the same in both texts
+    assert len(values) == 2 and len(values[0]) == 3 and values[0][0] == values[0][1] != values[0][2]
 
 
 def test_bad_input_is_one_sentence(folders, tmp_path, capsys):

@@ -108,7 +108,7 @@ def _inspect_report(args: argparse.Namespace) -> None:
 
         tuned = TunedLens.load(args.tuned_lens, model)
     path = write_report(report_data(model, args.text, args.text_pair, args.target, source=args.model, top_k=args.top_k,
-                                    tuned=tuned), args.out)
+                                    tuned=tuned, patch_from=args.patch_from), args.out)
     print(f"wrote {path} (open it in a browser; figures and arrays are next to it)")
 
 
@@ -149,6 +149,8 @@ def _add_inspect_parsers(sub) -> None:
     r.add_argument("--out", required=True, help="folder for report.html and its figures")
     r.add_argument("--top-k", type=int, default=5, help="tokens per cell of the logit lens (default 5)")
     r.add_argument("--tuned-lens", help="a tuned lens folder (stratalm inspect tuned-lens) to show beside the logit lens")
+    r.add_argument("--patch-from", help="another text of the same length in tokens: adds a (layer x position) "
+                                        "activation-patching heat map")
     r.set_defaults(func=_inspect_report)
 
     r = verbs.add_parser("similarity", help="linear CKA between every pair of layers of MODEL, or layer by layer "
