@@ -63,6 +63,8 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
         ax.grid(alpha=0.3)
     if lens:
         _lens_panels(axes[1], lens)
+        for ax in axes[0][2 if extra else 1:]:
+            ax.axis("off")  # the top row holds the loss (and metrics); the rest of it stays blank
     fig.suptitle(os.path.basename(os.path.abspath(run_dir)))
     fig.tight_layout()
     out = out or os.path.join(run_dir, "curves.png")
@@ -71,18 +73,20 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     return out
 
 
-LENS_PANELS = (("lens.kl.", "logit-lens KL to the final distribution"), ("lens.entropy.", "mean head entropy (nats)"),
-               ("lens.cka_prev.", "CKA to the previous measure"))
+# (key prefix, title, what index 0 is): the lens reads the embeddings at depth 0, heads live in blocks.
+LENS_PANELS = (("lens.kl.", "logit-lens KL to the final distribution", "depth"),
+               ("lens.entropy.", "mean head entropy (nats)", "block"),
+               ("lens.cka_prev.", "CKA to the previous measure", "depth"))
 
 
 def _lens_panels(axes, records: list[dict]) -> None:
     """The layer lens's training dynamics (lens.every): one line per layer in each panel."""
-    for ax, (prefix, title) in zip(axes, LENS_PANELS):
+    for ax, (prefix, title, unit) in zip(axes, LENS_PANELS):
         keys = sorted({k for r in records for k in r if k.startswith(prefix)}, key=lambda k: int(k.rsplit(".", 1)[1]))
         for key in keys:
             points = [(r["step"], r[key]) for r in records if key in r]
-            ax.plot(*zip(*points), "o-", ms=3, label=f"layer {key.rsplit('.', 1)[1]}")
-        ax.set_title(title)
+            ax.plot(*zip(*points), "o-", ms=3, label=f"{unit} {key.rsplit('.', 1)[1]}")
+        ax.set_title(title + (" (depth 0 = embeddings)" if unit == "depth" else ""))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if keys:

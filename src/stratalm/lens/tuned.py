@@ -283,8 +283,10 @@ def compare(model: nn.Module, lens: TunedLens, data: Union[TokenData, str], wind
     depth = len(points)
     sums = {"plain": torch.zeros(depth, dtype=torch.float64), "tuned": torch.zeros(depth, dtype=torch.float64)}
     seen = 0
+    start, end = data.split(split)
+    stride = max(length, (end - start - length) // max(windows - 1, 1))  # `windows` windows across the whole split
     with frozen(model):
-        for rows, _ in sequential_windows(data, split, length, length, batch_size, windows, interleave=True):
+        for rows, _ in sequential_windows(data, split, length, stride, batch_size, windows, interleave=True):
             streams, final = streams_and_final(model, head, points, window_inputs(model, rows, specials))
             for d, (translate, stream) in enumerate(zip(lens.translators, streams)):
                 sums["plain"][d] += float(kl_to_final(final, head.apply(stream))) * len(rows)
