@@ -11,8 +11,8 @@ from stratalm.families import preset
 from stratalm.lens.attention import attention_maps, attention_statistics, head_statistics
 from stratalm.lens.logit_lens import logit_lens
 from stratalm.lens.points import point_names
-from stratalm.lens.trace import (head_outputs, mean_heads, patch, patching_sweep, text_inputs, trace, zero_heads,
-                                 zero_neurons)
+from stratalm.lens.trace import (head_outputs, mean_heads, mean_neurons, patch, patching_sweep, text_inputs, trace,
+                                 zero_heads, zero_neurons)
 from stratalm.models import build_model
 from stratalm.tokenize import train_char
 
@@ -90,6 +90,10 @@ def test_zeroing_neurons_equals_zeroing_their_columns_of_the_down_projection(tok
         reference = model(**inputs.inputs).logits
         down[:, [0, 5, 7]] = saved
     assert (ablated - reference).abs().max() < 1e-6
+    seen = trace(model, inputs, ["blocks.0.ff.hidden"])
+    averaged = trace(model, inputs, ["blocks.0.ff.hidden"], edits=mean_neurons([3], "blocks.0.ff.hidden", seen))
+    column = averaged["blocks.0.ff.hidden"][0, :, 3]
+    assert torch.allclose(column, seen["blocks.0.ff.hidden"][0, :, 3].mean().expand_as(column))
 
 
 @pytest.mark.parametrize("family", ["tiny", "bert", "t5"])

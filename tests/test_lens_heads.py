@@ -120,11 +120,14 @@ def masked_reconstruction(model, batch):
     hidden = torch.zeros_like(ids, dtype=torch.bool)
     hidden[:, ::3] = True
     logits = model(input_ids=ids.masked_fill(hidden, model.tokenizer.mask_id)).logits
+    if logits.dim() == 2:  # ELECTRA's discriminator: was each token replaced? (the masked ones were)
+        return F.binary_cross_entropy_with_logits(logits, hidden.float())
     return F.cross_entropy(logits[hidden], ids[hidden])
 
 
 @pytest.mark.parametrize("family, groups", [
-    ("tiny", ["attn"]), ("llama-tiny", ["attn"]), ("bert", ["attn"]), ("albert", ["attn"]),
+    ("tiny", ["attn"]), ("llama-tiny", ["attn"]), ("bert", ["attn"]), ("roberta", ["attn"]), ("albert", ["attn"]),
+    ("electra", ["attn"]), ("electra-generator", ["attn"]),
     ("t5", ["encoder.attn", "decoder.attn", "decoder.cross_attn"]),
 ])
 def test_every_family_gets_a_score_for_every_head(family, groups, tokenizer):

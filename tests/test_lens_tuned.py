@@ -171,3 +171,13 @@ def test_a_lens_for_another_model_or_a_damaged_folder_is_refused(gpt, trained, d
         TunedLens.load(str(tmp_path / "lens"), gpt)
     with pytest.raises(DataError, match="vocabulary"):
         train_tuned_lens(tiny("tiny", data, vocab_size=data.vocab_size - 1), data, steps=1, progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama-tiny", "roberta", "albert", "electra", "electra-generator"])
+def test_every_other_family_trains_and_compares(family, data):
+    """The remaining families (ELECTRA's discriminator through its replaced-token head) run the same code."""
+    model = tiny(family, data, **({"n_kv_heads": 2} if family == "llama-tiny" else {}))
+    lens = train_tuned_lens(model, data, steps=3, batch_size=4, progress=False)
+    figures = compare(model, lens, data, windows=4, batch_size=4)
+    assert figures["tuned"].shape == figures["plain"].shape == (model.config.n_layers + 1,)
+    assert torch.isfinite(figures["tuned"]).all() and float(figures["tuned"][-1]) == 0.0

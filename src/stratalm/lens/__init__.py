@@ -13,7 +13,8 @@ from ..lazy import lazy_attributes
 
 __getattr__ = lazy_attributes(__name__, {
     "point_names": ".points", "trace": ".trace", "text_inputs": ".trace", "Trace": ".trace",
-    "zero_heads": ".trace", "mean_heads": ".trace", "zero_neurons": ".trace", "patch": ".trace",
+    "zero_heads": ".trace", "mean_heads": ".trace", "zero_neurons": ".trace", "mean_neurons": ".trace",
+    "patch": ".trace",
     "patching_sweep": ".trace", "head_outputs": ".trace", "attention_maps": ".attention",
     "attention_statistics": ".attention", "logit_lens": ".logit_lens", "lens_head": ".logit_lens",
     "linear_cka": ".similarity", "cka_matrix": ".similarity", "cka_between": ".similarity",
@@ -23,7 +24,8 @@ __getattr__ = lazy_attributes(__name__, {
     "LayerDynamics": ".dynamics",
 })
 
-__all__ = ["point_names", "trace", "text_inputs", "Trace", "zero_heads", "mean_heads", "zero_neurons", "patch",
+__all__ = ["point_names", "trace", "text_inputs", "Trace", "zero_heads", "mean_heads", "zero_neurons", "mean_neurons",
+           "patch",
            "patching_sweep", "head_outputs", "attention_maps", "attention_statistics", "logit_lens", "lens_head",
            "linear_cka", "cka_matrix", "cka_between", "sentence_probe", "token_probe", "report_data", "write_report",
            "head_importance", "pruning_curve", "head_groups", "text_objective", "finetuned_objective", "TunedLens",

@@ -138,6 +138,19 @@ def zero_neurons(neurons: Iterable[int], point: str) -> dict[str, Edit]:
     return {point: edit}
 
 
+def mean_neurons(neurons: Iterable[int], point: str, reference: Trace) -> dict[str, Edit]:
+    """Replace feed-forward neurons at a `ff.hidden` point by their mean activation over the examples
+    and positions of a `reference` trace that captured that point (mean ablation)."""
+    chosen, mean = list(neurons), reference[point].mean(dim=(0, 1))  # (d_ff,)
+
+    def edit(h: torch.Tensor) -> torch.Tensor:
+        h = h.clone()
+        h[..., chosen] = mean[chosen].to(h.dtype)
+        return h
+
+    return {point: edit}
+
+
 def patch(point: str, source: Trace, positions: Optional[Iterable[int]] = None,
           heads: Optional[Iterable[int]] = None) -> dict[str, Edit]:
     """Activation patching: at `point`, the activation of another input (`source` captured it),
