@@ -27,7 +27,8 @@ class _Package(types.ModuleType):
 
     @generate.setter
     def generate(self, _subpackage) -> None:
-        pass  # the subpackage stays reachable as sys.modules["stratalm.generate"] and by `from ... import`
+        """Ignore the import system's assignment of the subpackage: it stays reachable as
+        sys.modules["stratalm.generate"] and by `from stratalm.generate import ...`."""
 
 
 sys.modules[__name__].__class__ = _Package

@@ -59,7 +59,7 @@ def text_inputs(model: nn.Module, text: str, text_pair: Optional[str] = None, ta
         ids = tokenizer.encode(text)
         stack = {"stack": ids}
     else:
-        ids = encode_texts(tokenizer, [text], [text_pair] if text_pair is not None else None, 10 ** 9)[0][0]
+        ids, types = encode_texts(tokenizer, [text], [text_pair] if text_pair is not None else None, 10 ** 9)[0]
         stack = {"stack": ids} if config.stack == "encoder" else {"encoder": ids}
     if config.stack == "encoder-decoder":
         stack["decoder"] = [config.decoder_start_token_id] + tokenizer.encode(target if target is not None else text)
@@ -75,7 +75,6 @@ def text_inputs(model: nn.Module, text: str, text_pair: Optional[str] = None, ta
     else:
         inputs = {"input_ids": as_tensor["stack"]}
         if config.stack == "encoder" and config.type_vocab_size:
-            types = encode_texts(tokenizer, [text], [text_pair] if text_pair is not None else None, 10 ** 9)[0][1]
             inputs["token_type_ids"] = torch.tensor([types])
     tokens = {name: [tokenizer.backend.id_to_token(i) or f"<{i}>" for i in row] for name, row in stack.items()}
     return TextInputs(inputs, tokens, stack)
