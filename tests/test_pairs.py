@@ -146,6 +146,7 @@ def test_nsp_learns_to_tell_the_next_segment_from_another_document(pydoc_bpe, tm
     assert scores["val_pair_accuracy"] > 0.70, scores  # chance is 0.5 (measured 0.754)
 
 
+@pytest.mark.slow  # about 90 s on 2 cores
 def test_sop_learns_sentence_order_above_chance(shakespeare_char, tmp_path):
     """Sentence order is the harder task: on Shakespeare this tiny model reaches about 66% in a
     minute, with rotary positions (learned ones at N(0, 0.02) start on a bag-of-characters plateau:

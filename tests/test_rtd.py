@@ -117,6 +117,7 @@ def test_run_saves_both_halves_for_transformers_and_resumes_exactly(pydoc_bpe, t
         assert diff < 1e-4, (folder, diff)
 
 
+@pytest.mark.slow  # about 60 s on 2 cores; the default suite trains both halves in test_run_saves_both_halves_for_transformers_and_resumes_exactly
 def test_short_run_trains_the_generator_and_the_discriminator(shakespeare_char, tmp_path):
     """What 40 seconds of ELECTRA on 2 cores shows: the generator learns characters beyond chance,
     and the discriminator finds the replaced ones: loss below the entropy of the replaced share,

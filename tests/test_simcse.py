@@ -130,6 +130,7 @@ def test_two_processes_gather_the_candidates_of_both(tmp_path):
     assert abs(first[0] - first[1]) < 1e-5, first
 
 
+@pytest.mark.slow  # about 70 s on 2 cores
 def test_unsupervised_simcse_pulls_paraphrases_together(tmp_path):
     """Trained on MRPC's training sentences (no labels), the encoder puts MRPC dev paraphrases much
     closer than random pairs; a fresh encoder cannot tell them apart by cosine."""

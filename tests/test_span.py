@@ -64,6 +64,26 @@ def test_corruption_follows_the_recipe_and_reconstructs_exactly(pydoc_sentinels)
     assert inputs["decoder_input_ids"][:, 0].eq(0).all()  # the decoder starts from pad, as in T5
 
 
+def test_a_small_t5_learns_span_corruption_in_seconds(shakespeare_char, tmp_path):
+    """The quick check (about 10 s): a 2 x 64 T5 on Shakespeare's characters goes from about
+    ln(172) = 5.1 to a validation loss near 2.7 in 150 steps (measured 4.69 -> 2.68, token
+    accuracy 0.34 against 0.17 for always guessing a space)."""
+    from stratalm.config_fields import parse_overrides
+    from stratalm.loop.pretraining import build_run_config, pretrain
+
+    overrides = parse_overrides(["model.n_layers=2", "model.d_model=64", "model.n_heads=4", "model.head_dim=16",
+                                 "model.d_ff=256", "model.max_seq_len=64", "model.dropout=0", "train.batch_size=16",
+                                 "train.lr=3e-3", "train.warmup_steps=10", "train.max_steps=150", "train.eval_every=0",
+                                 "train.eval_windows=128", "train.log_every=1", "train.progress=false"])
+    overrides["model"]["preset"] = "t5"
+    run = build_run_config(None, {**overrides, "data": str(shakespeare_char), "out": str(tmp_path / "run"),
+                                  "objective": "span"})
+    final = pretrain(run)
+    first = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())["loss"]
+    assert first > 4.0 and final["val_loss"] < 0.7 * first and final["val_token_accuracy"] > 0.25, (first, final)
+
+
+@pytest.mark.slow  # about 90 s on 2 cores
 def test_span_corruption_loss_halves(shakespeare_char, tmp_path):
     """T5's own initialisation (unit embeddings, fan-in scaled projections) matters here: with
     GPT-2's N(0, 0.02) the same run ends near 5.45 on BPE text instead of halving."""
