@@ -11,7 +11,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "stratalm"
 
 # Top-level modules and packages of stratalm by level; a module may import its own level and below.
 LEVELS = {
-    0: ("errors", "version", "config_fields", "model_config", "lazy"),
+    0: ("errors", "version", "config_fields", "model_config", "lazy", "machine"),
     1: ("tokenize", "data", "layers"),
     2: ("models",),
     3: ("families", "objectives", "checkpoint"),

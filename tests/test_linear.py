@@ -1,6 +1,7 @@
-"""layers.Linear: nn.Linear with a faster CPU path for inference on few rows. Same values as
-F.linear, same parameters and state dict, plain nn.Linear whenever autograd is on; decoding gives
-the same tokens with and without the fast path; `logits_to_keep` keeps the last positions only."""
+"""layers.Linear: nn.Linear with a second CPU path for inference on few rows, chosen by timing.
+Both paths give F.linear's values, the chooser keeps the measured winner (and plain F.linear unless
+the other wins clearly), same parameters and state dict, plain nn.Linear whenever autograd is on;
+decoding gives the same tokens on both paths; `logits_to_keep` keeps the last positions only."""
 from __future__ import annotations
 
 import pytest
@@ -11,12 +12,22 @@ from torch import nn
 from stratalm.families import preset
 from stratalm.generate import stream_tokens
 from stratalm.layers import Linear, linear
+from stratalm.layers.path_choice import PathChoice
+
+
+@pytest.fixture(params=["plain", "transposed"])
+def path(request, monkeypatch):
+    """Every few-row product through one path, fixed instead of measured."""
+    monkeypatch.setenv("STRATALM_PATHS", f"linear:{request.param}")
+    linear.CHOICE.reset()
+    yield request.param
+    linear.CHOICE.reset()
 from stratalm.models import CausalLM
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 48), (2, 48), (3, 1, 48), (4, 25, 48), (linear.FEW_ROWS + 1, 48), (0, 48)])
-def test_same_values_as_f_linear_and_row_major(bias, shape):
+def test_same_values_as_f_linear_and_row_major(bias, shape, path):
     torch.manual_seed(0)
     layer = Linear(48, 40, bias=bias)
     x = torch.randn(*shape)
@@ -25,6 +36,59 @@ def test_same_values_as_f_linear_and_row_major(bias, shape):
     expected = F.linear(x, layer.weight, layer.bias)
     assert ours.shape == expected.shape and ours.is_contiguous()
     assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-5)
+    assert all(choice == path for choice in linear.CHOICE.chosen.values())
+
+
+class FakeClock:
+    """perf_counter for PathChoice: each candidate's run takes the time the test says."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds, self.now = seconds, 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run(self, candidate: str) -> None:
+        self.now += self.seconds[candidate]
+
+
+@pytest.mark.parametrize("seconds, expected", [
+    ({"plain": 3.0, "transposed": 1.0}, "transposed"),  # the other path wins clearly
+    ({"plain": 1.0, "transposed": 3.0}, "plain"),
+    ({"plain": 1.0, "transposed": 0.95}, "plain"),  # a 5% win is within noise: keep the reference
+])
+def test_the_chooser_keeps_the_measured_winner(seconds, expected, monkeypatch):
+    monkeypatch.delenv("STRATALM_PATHS", raising=False)
+    clock = FakeClock(seconds)
+    choice = PathChoice("test", ("plain", "transposed"), timer=clock)
+    calls = []
+
+    def run(candidate):
+        calls.append(candidate)
+        clock.run(candidate)
+
+    assert choice.choose("shape", run) == expected
+    measured = len(calls)
+    assert choice.choose("shape", run) == expected and len(calls) == measured  # measured once per key
+    assert choice.timings["shape"] == pytest.approx(seconds)
+
+
+def test_the_environment_fixes_a_choice_without_measuring(monkeypatch):
+    monkeypatch.setenv("STRATALM_PATHS", "other:x,test:transposed")
+    choice = PathChoice("test", ("plain", "transposed"))
+    assert choice.choose("shape", lambda candidate: pytest.fail("measured")) == "transposed"
+
+
+def test_linear_measures_each_shape_bucket_once(monkeypatch):
+    monkeypatch.delenv("STRATALM_PATHS", raising=False)
+    linear.CHOICE.reset()
+    layer = Linear(48, 40)
+    with torch.no_grad():
+        for rows in (1, 1, 3, 4, 5, 16, 17, 64):
+            layer(torch.randn(rows, 48))
+    assert sorted(key[0] for key in linear.CHOICE.chosen) == [1, 4, 16, 64]
+    assert all(set(t) == {"plain", "transposed"} for t in linear.CHOICE.timings.values())
+    linear.CHOICE.reset()
 
 
 def test_with_autograd_it_is_nn_linear_exactly():
@@ -43,7 +107,7 @@ def test_parameters_and_state_dict_are_nn_linears():
     assert list(layer.state_dict()) == list(nn.Linear(16, 8).state_dict()) == ["weight", "bias"]
 
 
-def test_decoding_gives_the_same_tokens_with_and_without_the_fast_path(monkeypatch):
+def test_decoding_gives_the_same_tokens_on_both_paths(monkeypatch):
     torch.manual_seed(0)
     model = CausalLM(preset("tiny", vocab_size=300, max_seq_len=64, n_layers=2, d_model=64)).eval()
     ids = torch.randint(0, 300, (3, 5))
@@ -51,9 +115,13 @@ def test_decoding_gives_the_same_tokens_with_and_without_the_fast_path(monkeypat
     def greedy():
         return torch.stack(list(stream_tokens(model, ids, 30, temperature=0)), dim=1)
 
-    fast = greedy()
-    monkeypatch.setattr(linear, "FEW_ROWS", -1)  # every product through F.linear
-    assert torch.equal(fast, greedy())
+    monkeypatch.setenv("STRATALM_PATHS", "linear:transposed")
+    linear.CHOICE.reset()
+    other = greedy()
+    monkeypatch.setenv("STRATALM_PATHS", "linear:plain")
+    linear.CHOICE.reset()
+    assert torch.equal(other, greedy())
+    linear.CHOICE.reset()
 
 
 def test_logits_to_keep_applies_the_head_to_the_last_positions():
