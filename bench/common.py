@@ -30,6 +30,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from stratalm.machine import describe
+
 BENCH_DIR = Path(__file__).resolve().parent
 SHARED_DATA = BENCH_DIR.parent.parent / "shared" / "data"
 
@@ -55,6 +57,8 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
+        # Which kernels are fast depends on these (MKL on AMD vs Intel, AMX for bf16): see stratalm/machine.py.
+        **{k: v for k, v in describe().items() if k != "model"},
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         # Other work on the machine slows everything down; above ~0.5 per core, figures are noisy.

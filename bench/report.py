@@ -1,8 +1,12 @@
-"""bench/results.json (the latest JSON of every case) -> bench/RESULTS.md (one table of figures).
+"""bench/results.json (the latest JSON of every case, per machine) -> bench/RESULTS.md (one table
+of figures per machine).
 
-`record(result)` files one case's result (what a case script does when run alone); run_all writes
-all of them at once with `write(results)`. Both rewrite RESULTS.md from the whole JSON file, so a
-case run alone updates its rows and keeps the others.
+Machines of one kind differ (an AMD EPYC without AVX-512 and an Intel Xeon with AMX rank the same
+kernels in opposite orders), so figures are filed under the machine that measured them: its CPU
+model, its vector and matrix extensions and the BLAS. A run on one machine never overwrites
+another's figures. `record(result)` files one case's result (what a case script does when run
+alone); run_all files all of its cases at once with `record_all`. Both rewrite RESULTS.md from the
+whole JSON file, so a case run alone updates its rows and keeps the others.
 """
 from __future__ import annotations
 
@@ -23,21 +27,41 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(partial, path)  # readers see the old file or the new one, never half of one
 
 
-def load(path: Path = RESULTS_JSON) -> dict[str, Any]:
+def machine_key(machine: dict[str, Any]) -> str:
+    """The name figures are filed under, e.g. "AMD EPYC (avx2, mkl)"."""
+    extensions = "+".join(machine.get("extensions") or []) or "extensions not recorded"
+    return f"{machine['cpu']} ({extensions}, {machine.get('blas') or 'BLAS not recorded'})"
+
+
+def load(path: Path = RESULTS_JSON) -> dict[str, dict[str, Any]]:
+    """{machine key: {case: result}}; a file of the older layout ({case: result}) is read by the
+    machine each result names."""
     if not path.exists():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    if "machines" in stored:
+        return stored["machines"]
+    by_machine: dict[str, dict[str, Any]] = {}
+    for case, result in stored.items():
+        by_machine.setdefault(machine_key(result["machine"]), {})[case] = result
+    return by_machine
 
 
 def record(result: dict[str, Any], json_path: Path = RESULTS_JSON, md_path: Path = RESULTS_MD) -> None:
-    results = load(json_path)
-    results[result["case"]] = result
-    write(results, json_path, md_path)
+    record_all({result["case"]: result}, json_path, md_path)
 
 
-def write(results: dict[str, Any], json_path: Path = RESULTS_JSON, md_path: Path = RESULTS_MD) -> None:
-    _write_atomic(json_path, json.dumps(results, indent=2) + "\n")
-    _write_atomic(md_path, render(results))
+def record_all(results: dict[str, Any], json_path: Path = RESULTS_JSON, md_path: Path = RESULTS_MD) -> None:
+    """File each case's result under its machine, keeping every other case and machine."""
+    by_machine = load(json_path)
+    for case, result in results.items():
+        by_machine.setdefault(machine_key(result["machine"]), {})[case] = result
+    write(by_machine, json_path, md_path)
+
+
+def write(by_machine: dict[str, dict[str, Any]], json_path: Path = RESULTS_JSON, md_path: Path = RESULTS_MD) -> None:
+    _write_atomic(json_path, json.dumps({"machines": by_machine}, indent=2) + "\n")
+    _write_atomic(md_path, render(by_machine))
 
 
 def _number(value: Optional[float]) -> str:
@@ -51,12 +75,11 @@ def _number(value: Optional[float]) -> str:
 def _machine_line(machine: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {machine[k]}" for k in ("transformers", "sentence_transformers", "tokenizers") if machine.get(k))
     load = f", load average {machine['load_average_1m']} at the start" if machine.get("load_average_1m") is not None else ""
-    return (f"{machine['date']} on {machine['cpu']} ({machine['cores']} cores, torch using {machine['torch_threads']} "
+    return (f"{machine['date']} on {machine_key(machine)} ({machine['cores']} cores, torch using {machine['torch_threads']} "
             f"threads{load}); torch {machine['torch']}, Python {machine['python']}; {versions}")
 
 
-def render(results: dict[str, Any]) -> str:
-    cases = sorted(results.values(), key=lambda r: CASE_ORDER.index(r["case"]) if r["case"] in CASE_ORDER else 99)
+def render(by_machine: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -65,11 +88,18 @@ def render(results: dict[str, Any]) -> str:
         "**ratio** = the system's rate / its competitor's rate, both measured in the same run on the same",
         "machine (> 1: the system is faster). Peak RSS is each system's own process (VmHWM), measured in a",
         "separate child process that builds only that system; the import baseline (torch, transformers)",
-        "is the same for both and is in results.json.",
-        "",
-        "## Runs",
-        "",
+        "is the same for both and is in results.json. Each machine (CPU model, extensions, BLAS) keeps its",
+        "own latest figures; the machine measured most recently comes first.",
     ]
+    latest = {key: max(r["machine"]["date"] for r in cases.values()) for key, cases in by_machine.items()}
+    for key in sorted(by_machine, key=latest.get, reverse=True):
+        lines += ["", f"## {key}", "", *_machine_section(by_machine[key])]
+    return "\n".join(lines) + "\n"
+
+
+def _machine_section(results: dict[str, Any]) -> list[str]:
+    cases = sorted(results.values(), key=lambda r: CASE_ORDER.index(r["case"]) if r["case"] in CASE_ORDER else 99)
+    lines = ["### Runs", ""]
     for result in cases:
         flags = " (quick: fewer repeats)" if result.get("quick") else ""
         lines.append(f"- **{result['case']}**: {_machine_line(result['machine'])}; "
@@ -83,7 +113,7 @@ def render(results: dict[str, Any]) -> str:
     lines += [f"\nNote: {'; '.join(caveats)}."] if caveats else []
     lines += [
         "",
-        "## Figures",
+        "### Figures",
         "",
         "| case | config | system | rate | competitor | competitor's rate | ratio | peak RSS MiB (system / competitor) | notes |",
         "|---|---|---|---:|---|---:|---:|---|---|",
@@ -99,5 +129,5 @@ def render(results: dict[str, Any]) -> str:
             )
     notes = [f"- **{r['case']}**: {r['about']}" for r in cases if r.get("about")]
     if notes:
-        lines += ["", "## What each case measures", "", *notes]
-    return "\n".join(lines) + "\n"
+        lines += ["", "### What each case measures", "", *notes]
+    return lines

@@ -69,11 +69,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         folder = Path(args.out_dir) if args.out_dir else BENCH_DIR
         folder.mkdir(parents=True, exist_ok=True)
         json_path, md_path = folder / "results.json", folder / "RESULTS.md"
-        # Cases not run now (a partial run, or bench/speedrun.py, which records itself) keep their
-        # last figures.
-        kept = report.load(json_path)
-        kept.update({c: r for c, r in results.items() if "rows" in r})
-        report.write(kept, json_path, md_path)
+        # Cases not run now (a partial run, or bench/speedrun.py, which records itself) and other
+        # machines keep their last figures.
+        report.record_all({c: r for c, r in results.items() if "rows" in r}, json_path, md_path)
         log(f"wrote {md_path}")
     return 1 if failed else 0
 

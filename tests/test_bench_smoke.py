@@ -90,11 +90,24 @@ def test_results_table_shows_machine_and_ratios(tmp_path, capsys):
     report.record(result, json_path, md_path)
     report.record(other, json_path, md_path)  # a second case joins the first instead of replacing it
     text = md_path.read_text()
-    assert set(json.loads(json_path.read_text())) == {"matmul", "generation"}
+    here = report.machine_key(result["machine"])
+    assert set(json.loads(json_path.read_text())["machines"][here]) == {"matmul", "generation"}
     assert result["machine"]["cpu"] in text and f"torch {result['machine']['torch']}" in text
+    assert result["machine"]["blas"] in here and all(e in here for e in result["machine"]["extensions"])
     ratio = result["rows"][1]["ratio"]
     assert f"| {report._number(ratio)} |" in text
     assert text.count("| matmul | square |") == 2 and text.count("| generation | batch1 |") == 1
+
+    # Another machine's run keeps this machine's figures and gets a section of its own, first.
+    xeon = dict(result["machine"], cpu="Intel(R) Xeon(R) Platinum 8480+", extensions=["avx512f", "amx_tile", "amx_bf16"],
+                date="2999-01-01T00:00:00+00:00")
+    report.record(dict(result, machine=xeon), json_path, md_path)
+    text = md_path.read_text()
+    assert text.count("| matmul | square |") == 4 and text.count("| generation | batch1 |") == 1
+    assert text.index("## Intel(R) Xeon(R) Platinum 8480+") < text.index(f"## {here}")
+    # A file of the older layout ({case: result}) is read under the machine each result names.
+    json_path.write_text(json.dumps({"matmul": result}))
+    assert list(report.load(json_path)) == [here]
 
 
 def test_speedrun_places_crossings_between_evaluations():
