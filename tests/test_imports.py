@@ -12,7 +12,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "stratalm"
 # Top-level modules and packages of stratalm by level; a module may import its own level and below.
 LEVELS = {
     0: ("errors", "version", "config_fields", "model_config", "lazy", "machine"),
-    1: ("tokenize", "data", "layers"),
+    1: ("tokenize", "data", "layers", "precision"),
     2: ("models",),
     3: ("families", "objectives", "checkpoint"),
     4: ("loop", "tasks", "generate", "embed"),

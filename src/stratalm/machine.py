@@ -46,12 +46,12 @@ def has_amx() -> bool:
 
 def blas() -> str:
     """The BLAS torch was built with (e.g. "mkl", "openblas"), from its build settings."""
+    import re
+
     import torch
 
-    for part in torch.__config__.show().replace(",", "\n").splitlines():
-        if part.strip().startswith("BLAS_INFO="):
-            return part.split("=", 1)[1].strip()
-    return "unknown"
+    found = re.search(r"BLAS_INFO=([\w.-]+)", torch.__config__.show())
+    return found.group(1) if found else "unknown"
 
 
 def describe() -> dict[str, Any]:

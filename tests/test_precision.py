@@ -1,0 +1,60 @@
+"""precision="auto" picks bf16 autocast on CUDA and on CPUs with AMX, fp32 on other CPUs, and says
+why; the machine facts come from /proc/cpuinfo; encoding in bf16 stays close to fp32."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stratalm import machine, precision
+from stratalm.errors import ConfigError
+
+
+@pytest.mark.parametrize("amx, device, expected", [
+    (True, "cpu", "bf16"), (False, "cpu", "fp32"), (False, "cuda", "bf16"), (True, "cuda", "bf16")])
+def test_auto_takes_bf16_where_the_hardware_multiplies_it(amx, device, expected, monkeypatch):
+    monkeypatch.setattr(precision, "has_amx", lambda: amx)
+    chosen, reason = precision.choose_precision("auto", device)
+    assert chosen == expected and reason.startswith("auto: ")
+    assert ("AMX" in reason) == (device == "cpu")
+
+
+def test_a_configured_precision_is_kept_and_a_wrong_one_refused(monkeypatch):
+    monkeypatch.setattr(precision, "has_amx", lambda: True)
+    assert precision.choose_precision("fp32", "cpu") == ("fp32", "as configured")
+    with pytest.raises(ConfigError, match="auto, fp32 or bf16"):
+        precision.choose_precision("fp16", "cpu")
+
+
+def test_cpu_facts_read_the_extensions_from_cpuinfo(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                    "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\nvendor_id\t: GenuineIntel\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path, *a, **k))
+    machine.cpu_facts.cache_clear()
+    try:
+        facts = machine.cpu_facts()
+        assert facts == {"vendor": "GenuineIntel", "model": "Intel(R) Xeon(R) Platinum 8480+",
+                         "extensions": ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]}
+        assert machine.has_amx()
+    finally:
+        machine.cpu_facts.cache_clear()
+    assert machine.blas() != "unknown"  # torch's build settings name it (mkl on the CPU wheel)
+
+
+def test_bf16_encoding_stays_close_to_fp32():
+    from conftest import pydoc_texts
+    from stratalm import encode
+    from stratalm.families import preset
+    from stratalm.models import build_model
+    from stratalm.tokenize import train_bpe
+
+    tokenizer = train_bpe(iter(pydoc_texts(4)), vocab_size=400, show_progress=False)
+    tiny_bert = build_model(preset("bert", vocab_size=tokenizer.vocab_size, n_layers=2, d_model=64, n_heads=4,
+                                   d_ff=128, max_seq_len=64)).eval()
+    tiny_bert.tokenizer = tokenizer
+
+    texts = ["the cat sat on the mat", "a longer sentence about nothing in particular", "hi"]
+    full, half = encode(tiny_bert, texts, normalize=True), encode(tiny_bert, texts, normalize=True, precision="bf16")
+    assert half.dtype == torch.float32 and not torch.equal(full, half)  # bf16 really ran
+    assert (full * half).sum(-1).min() > 0.99
