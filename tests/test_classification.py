@@ -47,7 +47,7 @@ def test_single_sentences_learned_then_evaluated_and_predicted(tmp_path, capsys)
     assert main(["predict", "--model", str(out), "--data", str(dev)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     gold = [int(line.split("\t")[1]) for line in dev.read_text().splitlines()[1:]]
-    assert len(lines) == 100 and all(set(p) == {"label", "score"} for p in lines)
+    assert len(lines) == 100 and all({"label", "score"} <= set(p) for p in lines)
     assert sum(p["label"] == g for p, g in zip(lines, gold)) >= 95
     unlabelled = tmp_path / "test.tsv"
     unlabelled.write_text("sentence\nthe good film\na bad movie\n")

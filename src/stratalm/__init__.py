@@ -11,7 +11,7 @@ from .version import __version__
 
 __getattr__ = lazy_attributes(__name__, {
     "ModelConfig": ".model_config", "preset": ".families", "load": ".checkpoint", "save": ".checkpoint",
-    "encode": ".embed",
+    "encode": ".embed", "fill_mask": ".generate",
 })
 
 
@@ -33,4 +33,4 @@ class _Package(types.ModuleType):
 
 sys.modules[__name__].__class__ = _Package
 
-__all__ = ["__version__", "StratalmError", "ModelConfig", "preset", "load", "save", "generate", "encode"]
+__all__ = ["__version__", "StratalmError", "ModelConfig", "preset", "load", "save", "generate", "fill_mask", "encode"]

@@ -1,4 +1,4 @@
-"""`stratalm generate`, `info` and `convert`: use and move a trained model."""
+"""`stratalm generate`, `fill-mask`, `info` and `convert`: use and move a trained model."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +6,39 @@ import argparse
 
 def _generate(args: argparse.Namespace) -> None:
     from ..checkpoint import load
-    from ..generate import generate
+    from ..generate import check_generation_options, choose_device, generate
 
-    model = load(args.model_dir)
-    print(args.prompt, end="", flush=True)
-    generate(model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-             top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_text=lambda t: print(t, end="", flush=True))
-    print()
+    stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop or []]
+    check_generation_options(args.temperature, args.beams, args.num_samples, args.repetition_penalty, stops)
+    model = load(args.model_dir, choose_device(args.device))
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed, stop=stops, repetition_penalty=args.repetition_penalty,
+                   beams=args.beams, echo=not args.no_echo)
+    if args.num_samples is None:  # one text, printed as it is produced
+        generate(model, args.prompt, on_text=lambda t: print(t, end="", flush=True), **options)
+        print()
+        return
+    for number, text in enumerate(generate(model, args.prompt, num_samples=args.num_samples, **options), start=1):
+        print(f"--- sample {number} of {args.num_samples} ---")
+        print(text)
+
+
+def _fill_mask(args: argparse.Namespace) -> None:
+    import json
+
+    from ..checkpoint import load
+    from ..generate import choose_device, fill_mask
+
+    model = load(args.model_dir, choose_device(args.device))
+    masks = fill_mask(model, args.text, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(masks, ensure_ascii=False))
+        return
+    for number, guesses in enumerate(masks, start=1):
+        if len(masks) > 1:
+            print(f"mask {number} of {len(masks)}:")
+        for guess in guesses:
+            print(f"{guess['probability']:8.4f}  {json.dumps(guess['token'], ensure_ascii=False)}")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -39,15 +65,40 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("generate", help="continue a prompt with a trained model")
+    p = sub.add_parser("generate", help="continue a prompt with a trained model",
+                       description="Continue a prompt with a decoder. Prints the prompt followed by the "
+                                   "continuation (--no-echo: the continuation only), exactly what "
+                                   "stratalm.generate(..., echo=True) returns.")
     p.add_argument("model_dir", help="checkpoint folder")
     p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--num-samples", type=int, default=None, metavar="N",
+                   help="draw N samples together, each printed after a '--- sample i of N ---' line")
+    p.add_argument("--beams", type=int, default=1, metavar="N",
+                   help="beam search with N beams (deterministic: temperature, top-k, top-p and seed do not apply); "
+                        "1 = no beam search")
+    p.add_argument("--stop", action="append", metavar="STRING",
+                   help="end the text at the first occurrence of STRING, which is not printed; repeatable "
+                        "(\\n and \\t are read as newline and tab)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="F",
+                   help="CTRL's penalty on tokens already in the text: positive logits divided by F, negative "
+                        "ones multiplied (1 = none, 1.2 is common)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--no-echo", action="store_true", help="print the continuation only, not the prompt before it")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("fill-mask", help="a masked-LM encoder's most likely tokens for each mask of a text")
+    p.add_argument("model_dir", help="checkpoint folder of an encoder with a masked-LM head")
+    p.add_argument("text", help="text with the model's mask token, [MASK] (BERT, ALBERT) or <mask> (RoBERTa, "
+                                "stratalm tokenizers); either spelling works, once or several times")
+    p.add_argument("--top-k", type=int, default=5, help="tokens to list per mask")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print JSON: per mask, a list of {token, id, probability}")
+    p.set_defaults(func=_fill_mask)
 
     p = sub.add_parser("info", help="family, sizes and parameter count per component of a checkpoint or preset")
     p.add_argument("path", help="checkpoint folder (stratalm or Hugging Face) or preset name")

@@ -10,7 +10,8 @@ ranks the 2k best continuations of a row's k beams; a continuation that ends wit
 within the top k becomes a finished hypothesis, the best k others stay in the beam; a row is done
 once it has k finished hypotheses. The winner has the best score / length ** length_penalty,
 where the score is the sum of the tokens' log-probabilities (eos included) and the length counts
-the generated tokens.
+the generated tokens. A repetition penalty (sampling.py's `penalize_repeats`) changes the logits
+before the log-probabilities are taken, so scores are those of the penalized distribution.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputTooLongError, StratalmError
+from .sampling import penalize_repeats, seen_tokens
 
 
 @dataclass
@@ -89,6 +91,14 @@ class _Decoding:
             out = self.model(fed, attention_mask=self.mask, position_ids=positions, cache=self.cache, logits_to_keep=1)
         return out.logits[:, -1].float()  # (N, V)
 
+    def penalized(self, logits: torch.Tensor, penalty: float) -> torch.Tensor:
+        """`logits` with the repetition penalty on every token each row holds so far (a decoder's
+        prompt included, its padding not)."""
+        if penalty == 1.0:
+            return logits
+        real = None if self.seq2seq else self.mask
+        return penalize_repeats(logits, seen_tokens(self.seq, logits.shape[-1], real), penalty)
+
     def reorder(self, order: torch.Tensor) -> None:
         self.seq, self.mask = self.seq[order], self.mask[order]
         if self.seq2seq:
@@ -108,7 +118,8 @@ def _default_pad(model: torch.nn.Module) -> int:
 
 @torch.inference_mode()
 def greedy_search(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
-                  eos_id: Optional[int] = None, use_cache: bool = True) -> list[Hypothesis]:
+                  eos_id: Optional[int] = None, use_cache: bool = True,
+                  repetition_penalty: float = 1.0) -> list[Hypothesis]:
     """The most likely token at every step, for each prompt (a decoder's prompt, or an
     encoder-decoder's source)."""
     if not prompts:
@@ -121,7 +132,7 @@ def greedy_search(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_
     finished = [False] * n
     logits = state.first_logits()
     for step in range(max_new_tokens):
-        logp = F.log_softmax(logits, dim=-1)
+        logp = F.log_softmax(state.penalized(logits, repetition_penalty), dim=-1)
         best = logp.argmax(dim=-1)
         for row in range(n):
             if finished[row]:
@@ -140,7 +151,8 @@ def greedy_search(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_
 
 @torch.inference_mode()
 def beam_search(model: torch.nn.Module, prompts: Sequence[Sequence[int]], beams: int = 4, max_new_tokens: int = 64,
-                eos_id: Optional[int] = None, length_penalty: float = 1.0, use_cache: bool = True) -> list[Hypothesis]:
+                eos_id: Optional[int] = None, length_penalty: float = 1.0, use_cache: bool = True,
+                repetition_penalty: float = 1.0) -> list[Hypothesis]:
     """The best hypothesis of a `beams`-wide beam search for each prompt (see the module notes)."""
     if not prompts:
         return []
@@ -160,7 +172,8 @@ def beam_search(model: torch.nn.Module, prompts: Sequence[Sequence[int]], beams:
     done = [False] * n
     logits = state.first_logits()
     for step in range(max_new_tokens):
-        candidates = (beam_scores.view(-1, 1) + F.log_softmax(logits, dim=-1)).view(n, beams * vocab)
+        logp = F.log_softmax(state.penalized(logits, repetition_penalty), dim=-1)
+        candidates = (beam_scores.view(-1, 1) + logp).view(n, beams * vocab)
         top_scores, top_index = candidates.topk(2 * beams, dim=1)
         top_scores, top_index = top_scores.tolist(), top_index.tolist()
         order, next_tokens, next_scores = [], [], []

@@ -1,14 +1,15 @@
 """Autoregressive decoding with a KV cache: the prompt runs once, then one token per step.
 
 A step multiplies a few token vectors by every weight matrix, so it is bound by reading the weights;
-layers/linear.py gives those few-row products the fast CPU path."""
+layers/linear.py gives those few-row products the fast CPU path. Text in, text out (prompts, stop
+strings, echo, several samples) is text.py's `generate`."""
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 
-from ..errors import InputTooLongError, StratalmError
+from ..errors import InputTooLongError
 
 
 def pick_next(
@@ -35,6 +36,24 @@ def pick_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def seen_tokens(ids: torch.Tensor, vocab_size: int, real: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, V) bools: which tokens each row of `ids` (B, T) holds, counting only where `real` is true
+    (padding is not a token the text repeats)."""
+    if real is not None:
+        ids = ids.masked_fill(~real.bool(), vocab_size)  # padding goes to a spare column, dropped below
+    seen = torch.zeros(ids.shape[0], vocab_size + 1, dtype=torch.bool, device=ids.device)
+    return seen.scatter_(1, ids, True)[:, :vocab_size]
+
+
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (Keskar et al. 2019), in the form `transformers` uses: the logit of a
+    token already in the text is divided by `penalty` when positive and multiplied by it when
+    negative, so a penalty above 1 makes it less likely either way (1 changes nothing)."""
+    if penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
 @torch.inference_mode()
 def stream_tokens(
     model: torch.nn.Module,
@@ -45,9 +64,11 @@ def stream_tokens(
     top_p: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     eos_id: Optional[int] = None,
+    repetition_penalty: float = 1.0,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until `max_new_tokens` or every row has produced
-    `eos_id` (rows that finished keep yielding eos).
+    `eos_id` (rows that finished keep yielding eos). `repetition_penalty` (see `penalize_repeats`)
+    counts every token of the prompt and of what was generated since.
 
     When the text outgrows the context, the oldest half is dropped and the rest runs through the
     model again (positions restart from 0), as nanoGPT's sampler crops to the last block.
@@ -62,8 +83,13 @@ def stream_tokens(
     cache = model.new_cache(B, cache_len)
     logits = model(window, cache=cache, logits_to_keep=1).logits[:, -1]  # prefill: (B, V)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    seen = seen_tokens(window, logits.shape[-1]) if repetition_penalty != 1.0 else None
     for step in range(max_new_tokens):
+        if seen is not None:
+            logits = penalize_repeats(logits, seen, repetition_penalty)
         token = pick_next(logits, temperature, top_k, top_p, generator)
+        if seen is not None:
+            seen[torch.arange(B, device=device), token] = True
         if eos_id is not None:
             token = token.masked_fill(finished, eos_id)
             finished |= token == eos_id
@@ -77,44 +103,3 @@ def stream_tokens(
             window = window[:, -max(1, context // 2):]
             cache = model.new_cache(B, cache_len)
             logits = model(window, cache=cache, logits_to_keep=1).logits[:, -1]
-
-
-def generate(
-    model: torch.nn.Module,
-    prompt: str,
-    max_new_tokens: int = 100,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    seed: Optional[int] = None,
-    on_text: Optional[Callable[[str], None]] = None,
-) -> str:
-    """Continue `prompt` and return the new text (not the prompt). `on_text` receives the text as
-    it is produced, piece by piece; greedy when temperature is 0; stops at the end-of-text token."""
-    if model.config.stack != "decoder":
-        raise StratalmError(
-            f"generate continues text with a decoder model; this is a {model.config.family} {model.config.stack} model."
-        )
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise StratalmError("this model has no tokenizer; load it from a checkpoint folder that holds tokenizer.json.")
-    ids = tokenizer.encode(prompt) if prompt else []
-    if not ids:  # an empty prompt starts a new document, which the corpus separates with eos
-        ids = [tokenizer.eos_id if tokenizer.eos_id is not None else 0]
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    new_ids: list[int] = []
-    shown = ""
-    for token in stream_tokens(model, torch.tensor([ids]), max_new_tokens, temperature, top_k, top_p, generator, tokenizer.eos_id):
-        if tokenizer.eos_id is not None and int(token[0]) == tokenizer.eos_id:
-            break
-        new_ids.append(int(token[0]))
-        text = tokenizer.decode(new_ids)
-        # Hold back a piece that ends inside a multi-byte character until the character completes.
-        if on_text is not None and not text.endswith("\ufffd"):
-            on_text(text[len(shown):])
-            shown = text
-    text = tokenizer.decode(new_ids)
-    if on_text is not None and len(text) > len(shown):
-        on_text(text[len(shown):])
-    return text

@@ -11,6 +11,10 @@ Llama) and T5 are refused: their checkpoints have no classification head to save
 Labels are names (or numbers) as they appear in the file; the sorted set of the training file's
 labels fixes their ids and is stored in task.json and in the model config (HF id2label).
 Metrics: accuracy, and F1 of the positive class with two labels (macro-F1 with more).
+
+Prediction also reads a plain text file (.txt): one input per line, or for a model fine-tuned on
+pairs one pair per line, its two texts separated by a tab. Each prediction carries the input text
+and every label's probability beside the best label and its score.
 """
 from __future__ import annotations
 
@@ -25,10 +29,11 @@ from ..models import build_model
 from ..tokenize import Tokenizer
 from .base import Task
 from .common import by_length, copy_shared_weights, encode_texts, model_inputs, model_tokenizer, pad_id_of, text_batch
-from .data_files import column, read_table
+from .data_files import column, read_lines, read_table
 from .options import LABEL_COLUMNS, PAIR_COLUMNS, TASK_OPTIONS, TEXT_COLUMNS
 
 POSITIVE_NAMES = ("1", "positive", "pos", "true", "yes", "entailment")
+Prediction = tuple[int, float, list[float]]  # best label id, its probability, every label's probability
 
 
 def label_sort_key(name: str) -> tuple:
@@ -65,6 +70,8 @@ class ClassificationTask(Task):
 
     # -- data --------------------------------------------------------------------------------
     def read(self, path: str, labelled: bool = True) -> list[dict[str, Any]]:
+        if path.lower().endswith(".txt"):
+            return self._read_text_lines(path, labelled)
         columns, rows = read_table(path)
         text = column(columns, self.options["text_column"], TEXT_COLUMNS, path, "--text-column", "text")
         pair: Optional[str] = self.options["text_pair_column"]
@@ -91,12 +98,32 @@ class ClassificationTask(Task):
                              "label": name or None})
         return examples
 
+    def _read_text_lines(self, path: str, labelled: bool) -> list[dict[str, Any]]:
+        """Unlabelled inputs of a plain text file. A model fine-tuned on pairs reads TEXT<tab>PAIR;
+        a folder from before `pairs` was recorded splits the lines that hold a tab."""
+        if labelled:
+            raise DataError(f"'{path}' is plain text, which holds no labels; give a TSV, CSV or JSONL file with a "
+                            f"label column.")
+        pairs = self.state.get("pairs")
+        examples = []
+        for number, line in enumerate(read_lines(path), start=1):
+            if pairs is False or (pairs is None and "\t" not in line):
+                examples.append({"text": line, "pair": None, "label": None})
+                continue
+            if "\t" not in line:
+                raise DataError(f"line {number} of '{path}' has no tab, but this model classifies pairs of texts; "
+                                f"write each pair as its two texts separated by a tab.")
+            text, pair = line.split("\t", 1)
+            examples.append({"text": text, "pair": pair, "label": None})
+        return examples
+
     def learn(self, train: list[dict[str, Any]]) -> None:
         labels = sorted({e["label"] for e in train}, key=label_sort_key)
         if len(labels) < 2:
             raise DataError(f"the training file has only one label ({labels[0] if labels else 'none'}); "
                             f"classification needs at least two.")
         self.state["labels"] = labels
+        self.state["pairs"] = train[0]["pair"] is not None  # how a plain text file's lines are read
 
     # -- model -------------------------------------------------------------------------------
     def prepare_model(self, base: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -126,24 +153,27 @@ class ClassificationTask(Task):
 
     # -- evaluation --------------------------------------------------------------------------
     def predict(self, model: nn.Module, examples: list[dict[str, Any]], max_length: int,
-                batch_size: int = 32) -> list[tuple[int, float]]:
+                batch_size: int = 32) -> list[Prediction]:
         tokenizer = model_tokenizer(model)
         features, pad_id = self.encode(examples, tokenizer, max_length), pad_id_of(tokenizer)
-        out: list[tuple[int, float]] = [(0, 0.0)] * len(features)
+        out: list[Prediction] = [(0, 0.0, [])] * len(features)
         with torch.no_grad():
             for chosen in by_length(features, batch_size):
                 batch = text_batch([features[i] for i in chosen], pad_id)
                 probs = model(**model_inputs(model, batch)).logits.float().softmax(-1)
                 best, index = probs.max(-1)
                 for row, i in enumerate(chosen):
-                    out[i] = (int(index[row]), float(best[row]))
+                    out[i] = (int(index[row]), float(best[row]), probs[row].tolist())
         return out
 
-    def score(self, examples: list[dict[str, Any]], predictions: list[tuple[int, float]]) -> dict[str, float]:
+    def score(self, examples: list[dict[str, Any]], predictions: list[Prediction]) -> dict[str, float]:
         index = {name: i for i, name in enumerate(self.labels)}
         gold = [index[e["label"]] for e in examples]
         positive = next((index[n] for n in POSITIVE_NAMES if n in index), 1)
         return binary_and_macro_f1(gold, [p[0] for p in predictions], len(self.labels), positive)
 
-    def format(self, example: dict[str, Any], prediction: tuple[int, float]) -> dict[str, Any]:
-        return {"label": label_value(self.labels[prediction[0]]), "score": round(prediction[1], 6)}
+    def format(self, example: dict[str, Any], prediction: Prediction) -> dict[str, Any]:
+        index, score, probs = prediction
+        inputs = {"text": example["text"], **({"pair": example["pair"]} if example["pair"] is not None else {})}
+        return {"label": label_value(self.labels[index]), "score": round(score, 6), **inputs,
+                "probabilities": {name: round(p, 6) for name, p in zip(self.labels, probs)}}

@@ -1,5 +1,5 @@
-"""Readers of task data files: tables (TSV, CSV, JSONL), pairs of texts (a table, or Tatoeba's
-header-less tab-separated lines) and CoNLL-style token files.
+"""Readers of task data files: tables (TSV, CSV, JSONL), plain text (one input per line), pairs of
+texts (a table, or Tatoeba's header-less tab-separated lines) and CoNLL-style token files.
 
 Tables come back as a list of rows (dicts keyed by column name) plus the column names. TSV is read
 with quoting switched off: GLUE's TSV files hold bare quote characters that are part of the text
@@ -82,6 +82,19 @@ def _read_jsonl(handle, path: str) -> tuple[list[str], list[dict[str, Any]]]:
     return list(columns), rows
 
 
+def read_lines(path: str, expected: str = "one input per line") -> list[str]:
+    """The non-blank lines of a plain text file, without their line ends; `expected` says what an
+    empty file should have held."""
+    try:
+        with _open_text(path) as handle:
+            lines = [line.rstrip("\r\n") for line in handle if line.strip()]
+    except UnicodeDecodeError:
+        raise DataError(f"'{path}' is not UTF-8 text; convert it to UTF-8.") from None
+    if not lines:
+        raise DataError(f"'{path}' is empty; give {expected}.")
+    return lines
+
+
 def column(columns: list[str], name: Optional[str], candidates: Sequence[str], path: str, flag: str,
            what: str) -> str:
     """The column named `name`, or (when None) the first of `candidates` the file has."""
@@ -148,13 +161,7 @@ def _read_columns(path: str, wanted: list[tuple[Optional[str], Sequence[str], st
             names.append(column(columns, name, defaults, path, flag, what))
         return [tuple(None if n is None else str(row.get(n) if row.get(n) is not None else "") for n in names)
                 for row in rows]
-    try:
-        with _open_text(path) as handle:
-            lines = [line.rstrip("\r\n") for line in handle if line.strip()]
-    except UnicodeDecodeError:
-        raise DataError(f"'{path}' is not UTF-8 text; convert it to UTF-8.") from None
-    if not lines:
-        raise DataError(f"'{path}' is empty; give one tab-separated pair per line.")
+    lines = read_lines(path, "one tab-separated pair per line")
     positions = [_position(name) if name is not None else index for index, (name, *_rest) in enumerate(wanted)]
     if any(p is None for p in positions):
         bad = next(name for (name, *_), p in zip(wanted, positions) if p is None)
