@@ -58,3 +58,20 @@ def test_bf16_encoding_stays_close_to_fp32():
     full, half = encode(tiny_bert, texts, normalize=True), encode(tiny_bert, texts, normalize=True, precision="bf16")
     assert half.dtype == torch.float32 and not torch.equal(full, half)  # bf16 really ran
     assert (full * half).sum(-1).min() > 0.99
+
+
+def test_bf16_generation_runs_and_fp32_is_the_default():
+    from conftest import pydoc_texts
+    from stratalm import generate
+    from stratalm.families import preset
+    from stratalm.models import build_model
+    from stratalm.tokenize import train_bpe
+
+    tokenizer = train_bpe(iter(pydoc_texts(4)), vocab_size=400, show_progress=False)
+    model = build_model(preset("tiny", vocab_size=tokenizer.vocab_size, n_layers=2, d_model=64, max_seq_len=64)).eval()
+    model.tokenizer = tokenizer
+    greedy = dict(max_new_tokens=12, temperature=0)
+    assert generate(model, "The ", **greedy) == generate(model, "The ", precision="fp32", **greedy)
+    assert isinstance(generate(model, "The ", precision="bf16", **greedy), str)
+    with pytest.raises(ConfigError, match="auto, fp32 or bf16"):
+        generate(model, "The ", precision="half", **greedy)

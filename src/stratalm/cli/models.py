@@ -13,7 +13,7 @@ def _generate(args: argparse.Namespace) -> None:
     model = load(args.model_dir, choose_device(args.device))
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed, stop=stops, repetition_penalty=args.repetition_penalty,
-                   beams=args.beams, echo=not args.no_echo)
+                   beams=args.beams, echo=not args.no_echo, precision=args.precision)
     if args.num_samples is None:  # one text, printed as it is produced
         generate(model, args.prompt, on_text=lambda t: print(t, end="", flush=True), **options)
         print()
@@ -88,6 +88,9 @@ def add_parsers(sub) -> None:
                    help="CTRL's penalty on tokens already in the text: positive logits divided by F, negative "
                         "ones multiplied (1 = none, 1.2 is common)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="fp32 (default: the tokens transformers gives), bf16 autocast, or auto (bf16 on CUDA and on "
+                        "CPUs with AMX, where it is about 3x faster; fp32 elsewhere)")
     p.add_argument("--no-echo", action="store_true", help="print the continuation only, not the prompt before it")
     p.set_defaults(func=_generate)
 

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..errors import ConfigError, StratalmError
+from ..precision import autocast, choose_precision
 from .beam import beam_search
 from .sampling import stream_tokens
 
@@ -100,6 +101,7 @@ def generate(
     num_samples: Optional[int] = None,
     beams: int = 1,
     echo: bool = False,
+    precision: str = "fp32",
 ) -> Union[str, list[str]]:
     """Continue `prompt` with a decoder model and return the new text; with `echo=True` the
     returned text starts with the prompt (what `stratalm generate` prints, unless --no-echo).
@@ -112,6 +114,8 @@ def generate(
     (CTRL's penalty; 1 = none). `num_samples=N` returns a list of N samples drawn together instead
     of one string. `on_text` receives the text as it is produced, piece by piece (the prompt first
     when echoed); with several samples, or beam search, it receives each whole text once done.
+    `precision` "bf16" (or "auto": bf16 on CUDA and on CPUs with AMX) decodes under bf16 autocast;
+    fp32, the default, gives the tokens transformers gives.
     """
     stops = [stop] if isinstance(stop, str) else list(stop)
     check_generation_options(temperature, beams, num_samples, repetition_penalty, stops)
@@ -130,23 +134,10 @@ def generate(
     streaming = on_text is not None and n == 1 and beams == 1
     if streaming and echo and prompt:
         on_text(prompt)
-    if beams > 1:
-        best = beam_search(model, [ids], beams, max_new_tokens, tokenizer.eos_id,
-                           repetition_penalty=repetition_penalty)[0]
-        for token in best.tokens:
-            rows[0].add(token)
-    else:
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        batch = torch.tensor([ids] * n)
-        for tokens in stream_tokens(model, batch, max_new_tokens, temperature, top_k, top_p, generator,
-                                    tokenizer.eos_id, repetition_penalty):
-            for row, token in zip(rows, tokens.tolist()):
-                piece = row.add(token)
-                if streaming and piece:
-                    on_text(piece)
-            if all(row.done for row in rows):
-                break
+    device = next(model.parameters()).device
+    with autocast(choose_precision(precision, device.type)[0], device.type):
+        _decode(model, ids, rows, n, max_new_tokens, temperature, top_k, top_p, seed, beams, repetition_penalty,
+                on_text if streaming else None)
     texts = []
     for row in rows:
         tail = row.flush()
@@ -156,3 +147,26 @@ def generate(
         if on_text is not None and not streaming:
             on_text(texts[-1])
     return texts if num_samples is not None else texts[0]
+
+
+def _decode(model, ids, rows, n, max_new_tokens, temperature, top_k, top_p, seed, beams, repetition_penalty,
+            on_piece) -> None:
+    """Feed each row's tokens to its _Continuation; `on_piece` gets the text of a lone streamed row."""
+    tokenizer = model.tokenizer
+    if beams > 1:
+        best = beam_search(model, [ids], beams, max_new_tokens, tokenizer.eos_id,
+                           repetition_penalty=repetition_penalty)[0]
+        for token in best.tokens:
+            rows[0].add(token)
+        return
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    batch = torch.tensor([ids] * n)
+    for tokens in stream_tokens(model, batch, max_new_tokens, temperature, top_k, top_p, generator,
+                                tokenizer.eos_id, repetition_penalty):
+        for row, token in zip(rows, tokens.tolist()):
+            piece = row.add(token)
+            if on_piece is not None and piece:
+                on_piece(piece)
+        if all(row.done for row in rows):
+            break
