@@ -44,13 +44,41 @@ def test_prepare_writes_shards_manifest_and_document_boundaries(tmp_path):
     stream = data.read(0, manifest["n_tokens"])  # across every shard border
     starts = data.document_starts()
     assert len(starts) == len(docs) == manifest["n_documents"]
-    for i, doc in enumerate(docs):
+    written = []
+    for i in range(len(docs)):
         end = starts[i + 1] - 1 if i + 1 < len(docs) else manifest["n_tokens"]  # one eos separates documents
-        assert tok.decode(stream[starts[i]:end].tolist()) == doc
+        written.append(tok.decode(stream[starts[i]:end].tolist()))
         if i + 1 < len(docs):
             assert stream[end] == tok.eos_id
-    n = manifest["n_tokens"]
-    assert manifest["splits"] == {"train": [0, int(n * 0.8)], "validation": [int(n * 0.8), n]}
+    # Every document is written whole, the held-out ones after the others (the validation split).
+    assert sorted(written) == sorted(docs)
+    held = manifest["validation"]["documents"]
+    assert manifest["validation"]["by"] == "documents" and 1 <= held < len(docs)
+    assert manifest["splits"] == {"train": [0, int(starts[-held])], "validation": [int(starts[-held]), manifest["n_tokens"]]}
+    assert written[:-held] == [d for d in docs if d not in written[-held:]]  # corpus order kept within each split
+
+
+def test_validation_holds_out_whole_documents_drawn_with_the_seed(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    texts = [f"file {i:02d}: " + " ".join(f"w{i}x{j}" for j in range(30 + 7 * i)) + "\n" for i in range(20)]
+    for i, text in enumerate(texts):
+        (folder / f"{i:02d}.txt").write_text(text)
+
+    def held_out(seed, name):
+        manifest = prepare([str(folder)], str(tmp_path / name), tokenizer="char", seed=seed, progress=False)
+        data = TokenData(str(tmp_path / name))
+        start, end = data.split("validation")
+        pieces = data.tokenizer().decode(data.read(start, end - start).tolist()).split("\n")
+        chosen = [p + "\n" for p in pieces if p]
+        share = (end - start) / manifest["n_tokens"]
+        return chosen, share
+
+    first, share = held_out(0, "a")
+    assert set(first) <= set(texts) and 1 < len(first) < 5  # whole files, not the tail of the last one
+    assert 0.05 < share < 0.15  # about the asked-for share of the text
+    assert held_out(0, "b")[0] == first  # the seed decides
+    assert held_out(1, "c")[0] != first
 
 
 def test_prepare_streams_in_pieces_without_changing_the_tokens(tmp_path, monkeypatch):
@@ -87,6 +115,7 @@ def test_tiny_shakespeare_split_matches_the_reference(tmp_path):
         pytest.skip(f"{source} is absent (real data lives in ../shared/data)")
     manifest = prepare([str(source)], str(tmp_path / "sh"), tokenizer="char", progress=False)
     assert manifest["splits"] == {"train": [0, 1_003_854], "validation": [1_003_854, 1_115_394]}
+    assert manifest["validation"]["by"] == "tokens" and "1 document" in manifest["validation"]["reason"]
     assert manifest["vocab_size"] == 65 + len(SPECIAL_TOKENS)
 
 

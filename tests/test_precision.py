@@ -75,3 +75,21 @@ def test_bf16_generation_runs_and_fp32_is_the_default():
     assert isinstance(generate(model, "The ", precision="bf16", **greedy), str)
     with pytest.raises(ConfigError, match="auto, fp32 or bf16"):
         generate(model, "The ", precision="half", **greedy)
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_a_run_prints_and_saves_what_auto_chose(amx, char_data, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from stratalm.config_fields import parse_overrides
+    from stratalm.loop.pretraining import build_run_config, pretrain
+
+    monkeypatch.setattr(precision, "has_amx", lambda: amx)
+    overrides = parse_overrides(["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32",
+                                 "train.batch_size=4", "train.max_steps=2", "train.eval_every=0", "train.eval_windows=4",
+                                 "train.progress=false"])
+    run = build_run_config(None, {**overrides, "data": str(char_data), "out": str(tmp_path / "run")})
+    pretrain(run)
+    saved = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())["precision"]
+    assert saved["chosen"] == ("bf16" if amx else "fp32") and "AMX" in saved["reason"]
+    assert f"precision {saved['chosen']} (auto: " in capsys.readouterr().out

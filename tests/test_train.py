@@ -196,3 +196,81 @@ def test_two_processes_match_one_with_masking(tmp_path):
     assert double.returncode == 0, double.stderr[-2000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == 6 and max(abs(a - b) for a, b in zip(one, two)) < 1e-5
+
+
+def test_a_stretched_schedule_continues_from_the_rate_reached():
+    from stratalm.loop.optim import Schedule
+
+    old = Schedule(run_config("d", "o", max_steps=150, lr=1e-3, min_lr=1e-4, warmup_steps=10).train)
+    for step, total in ((100, 300), (100, 120), (150, 300)):  # longer, shorter, after the end
+        new = old.stretched(step, total)
+        rates = [new.lr(s) for s in range(step, total + 1)]
+        assert new.lr(step) == pytest.approx(old.lr(step), rel=1e-12)  # no jump at the resume step
+        assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(1e-4)
+    longer = old.stretched(100, 300)
+    assert max(abs(longer.lr(s + 1) / longer.lr(s) - 1) for s in range(100, 300)) < 0.02  # stretched: gentler than before
+    in_warmup = old.stretched(5, 300)
+    assert [in_warmup.lr(s) for s in range(11)] == [old.lr(s) for s in range(11)]  # the warmup keeps its length
+    assert in_warmup.lr(300) == pytest.approx(1e-4) and in_warmup.lr(150) > old.lr(150)
+    again = Schedule.from_dict(old.stretched(100, 300).to_dict(), old.config)
+    assert [again.lr(s) for s in range(100, 300)] == [old.stretched(100, 300).lr(s) for s in range(100, 300)]
+
+
+def records(out):
+    with open(os.path.join(out, "metrics.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_changing_max_steps_on_resume_keeps_the_learning_rate_continuous(char_data, tmp_path):
+    from stratalm.loop import pretraining_loop
+    from stratalm.loop.optim import Schedule
+
+    out = tmp_path / "run"
+    first = run_config(char_data, out, max_steps=2000, warmup_steps=5, batch_size=4)
+    loop = pretraining_loop(first)  # stopped by hand at step 20 of 2000: a checkpoint mid-schedule
+    for _ in range(20):
+        loop.train_step()
+    loop.save()
+    loop.close()
+    before = Schedule(first.train).lr(19)  # the rate of the last step taken
+    shorter = run_config(char_data, out, max_steps=40, warmup_steps=5, batch_size=4)
+    pretrain(shorter, resume=True)
+    rates = {r["step"]: r["lr"] for r in records(out) if "lr" in r}  # the record of step s holds the rate of step s - 1
+    assert rates[21] == pytest.approx(before, rel=0.01)  # today: 7.9e-4 after 1.0e-3
+    assert rates[40] < rates[30] < rates[21] and rates[40] == pytest.approx(1e-4, rel=0.2)
+    resume = [r for r in records(out) if r.get("event") == "resume"]
+    assert len(resume) == 1 and resume[0]["step"] == 20 and "from 2000 to 40 steps" in resume[0]["schedule"]
+    import yaml
+
+    saved = yaml.safe_load((out / "run.yaml").read_text())["schedule"]
+    assert saved["resumed_at"] == 20 and saved["max_steps"] == 40 and saved["resumed_lr"] == pytest.approx(before, rel=0.01)
+
+
+def test_resume_reads_run_yaml_and_names_every_setting_given_otherwise(char_data, tmp_path):
+    out = tmp_path / "run"
+    common = ["model.n_layers=1", "model.d_model=32", "model.max_seq_len=32", "train.batch_size=4",
+              "train.progress=false", "train.lr=2e-3"]
+    assert run_cli("pretrain", "--data", char_data, "--out", out, "--max-steps", "3", *common).returncode == 0
+    again = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "5")  # data, model, lr: from run.yaml
+    assert again.returncode == 0, again.stderr
+    assert "resuming from step 3" in again.stdout
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 5
+    before = (out / "model.safetensors").read_bytes()
+    refused = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "7", "train.lr=1e-3", "model.n_layers=2",
+                      "--objective", "mlm", "model.d_model=32")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    message = refused.stderr.strip().splitlines()[-1]
+    for named in ("train.lr = 0.001 (saved: 0.002)", "model.n_layers = 2 (saved: 1)", "objective = 'mlm' (saved: 'clm')"):
+        assert named in message, message
+    assert "d_model" not in message and "max_steps" not in message  # same value / may change
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_a_restart_without_a_checkpoint_starts_its_metrics_again(char_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.yaml").write_text("{}\n")  # a run killed before its first checkpoint
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3)))
+    pretrain(run_config(char_data, out, max_steps=3), resume=True)
+    steps = [r["step"] for r in records(out) if "loss" in r]
+    assert steps == [1, 2, 3] and all(r.get("loss") != 9.0 for r in records(out))

@@ -7,6 +7,7 @@ rejects unknown keys with the list of valid ones.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from typing import Any
@@ -16,6 +17,12 @@ import yaml
 from .errors import ConfigError
 
 
+def did_you_mean(word: str, choices: Any) -> str:
+    """" (did you mean X?)" for the closest of `choices` to a mistyped `word`, or "" when none is close."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def setting(default: Any, help: str) -> Any:
     """A dataclass field with a default and a one-line help shown by `--help`."""
     if isinstance(default, (list, dict)):
@@ -23,7 +30,7 @@ def setting(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def _field_type(cls: type, name: str) -> Any:
+def field_type(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
 
@@ -67,17 +74,24 @@ def update_dataclass(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
     valid = field_names(type(obj))
     for key, value in values.items():
         if key not in valid:
-            raise ConfigError(
-                f"unknown config key '{prefix}{key}'; valid keys are: {', '.join(prefix + v for v in valid)}."
-            )
+            raise unknown_key(prefix + key, [prefix + v for v in valid])
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{prefix}{key}' is a section; give it keys, e.g. {prefix}{key}.<name>=value.")
             changes[key] = update_dataclass(current, value, f"{prefix}{key}.")
         else:
-            changes[key] = coerce(value, _field_type(type(obj), key), prefix + key)
+            changes[key] = coerce(value, field_type(type(obj), key), prefix + key)
     return dataclasses.replace(obj, **changes)
+
+
+def unknown_key(key: str, valid: list[str]) -> ConfigError:
+    """The error for a config key that does not exist: the closest valid key, then all of them."""
+    # Keys of one section share their prefix: compare the names after it, or `train.` alone looks alike.
+    by_name = {v.rsplit(".", 1)[-1]: v for v in valid}
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_name), n=1, cutoff=0.6)
+    hint = f" (did you mean {by_name[close[0]]}?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}; valid keys are: {', '.join(valid)}.")
 
 
 def dotted_to_nested(pairs: dict[str, Any]) -> dict[str, Any]:

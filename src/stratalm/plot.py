@@ -1,8 +1,9 @@
 """`stratalm plot RUN_DIR`: the curves of a run's metrics.jsonl, drawn to a PNG with matplotlib.
 
-Left: training loss and validation loss against the step. Right: every other validation metric
-the objective reported (masked-token accuracy, ...), if any. Below, when the run measured them
-(`lens.every`), the layer lens's dynamics per layer. matplotlib is an optional extra.
+Left: training loss and validation loss against the step. Then the learning rate, and every other
+validation metric the objective reported (masked-token accuracy, ...), if any. Below, when the run
+measured them (`lens.every`), the layer lens's dynamics per layer. A dashed vertical line in every
+panel marks each step where the run resumed. matplotlib is an optional extra.
 """
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ def read_metrics(run_dir: str) -> list[dict]:
     return records
 
 
-def plot_run(run_dir: str, out: Optional[str] = None) -> str:
-    """Draw the run's curves; returns the PNG's path (default RUN_DIR/curves.png)."""
+def _pyplot():
     try:
         import matplotlib
 
@@ -38,14 +38,30 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("plotting needs matplotlib: pip install 'stratalm[plot]'.") from None
-    records = read_metrics(run_dir)
+    return plt
+
+
+def plot_run(run_dir: str, out: Optional[str] = None) -> str:
+    """Draw the run's curves; returns the PNG's path (default RUN_DIR/curves.png)."""
+    plt = _pyplot()
+    fig = draw_curves(read_metrics(run_dir), os.path.basename(os.path.abspath(run_dir)))
+    out = out or os.path.join(run_dir, "curves.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def draw_curves(records: list[dict], title: str = ""):
+    """The figure of a run's metrics records (the lines of its metrics.jsonl)."""
+    plt = _pyplot()
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
+    rates = [r for r in train if "lr" in r]
     extra = sorted({k for r in val for k in r if k.startswith("val_") and k not in ("val_loss", "val_perplexity")})
     lens = [r for r in records if any(k.startswith("lens.") for k in r)]
-    rows = 2 if lens else 1
-    fig, axes = plt.subplots(rows, 3 if lens else (2 if extra else 1), figsize=(16 if lens else (11 if extra else 6), 4 * rows),
-                             squeeze=False)
+    top = 1 + bool(rates) + bool(extra)  # panels of the top row
+    rows, columns = (2, max(3, top)) if lens else (1, top)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
     ax = axes[0][0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss", lw=1)
     if val:
@@ -54,8 +70,15 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    if extra:
+    if rates:
         ax = axes[0][1]
+        ax.plot([r["step"] for r in rates], [r["lr"] for r in rates], lw=1, color="tab:green")
+        ax.set_xlabel("step")
+        ax.set_ylabel("learning rate")
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        ax.grid(alpha=0.3)
+    if extra:
+        ax = axes[0][top - 1]
         for key in extra:
             ax.plot([r["step"] for r in val if key in r], [r[key] for r in val if key in r], "o-", label=key)
         ax.set_xlabel("step")
@@ -63,14 +86,26 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
         ax.grid(alpha=0.3)
     if lens:
         _lens_panels(axes[1], lens)
-        for ax in axes[0][2 if extra else 1:]:
-            ax.axis("off")  # the top row holds the loss (and metrics); the rest of it stays blank
-    fig.suptitle(os.path.basename(os.path.abspath(run_dir)))
+        for ax in axes[0][top:]:
+            ax.axis("off")  # the top row holds the loss, rate and metrics; the rest of it stays blank
+    mark_resumes([ax for row in axes for ax in row if ax.axison], resume_steps(records))
+    fig.suptitle(title)
     fig.tight_layout()
-    out = out or os.path.join(run_dir, "curves.png")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return fig
+
+
+def resume_steps(records: list[dict]) -> list[int]:
+    """The steps where the run resumed from a checkpoint (the loop logs an `event: resume` line)."""
+    return sorted({int(r["step"]) for r in records if r.get("event") == "resume"})
+
+
+def mark_resumes(axes, steps: list[int]) -> None:
+    """A dashed vertical line at each resume in every panel, labelled once in the first."""
+    for ax in axes:
+        for i, step in enumerate(steps):
+            ax.axvline(step, color="grey", ls="--", lw=0.8, label="resumed" if ax is axes[0] and i == 0 else None)
+    if steps and axes:
+        axes[0].legend()
 
 
 # (key prefix, title, what index 0 is): the lens reads the embeddings at depth 0, heads live in blocks.

@@ -10,20 +10,24 @@ import sys
 from typing import Optional
 
 from ..errors import StratalmError
-from . import lens, models, tasks, training
+from ..version import __version__
+from . import lens, models, serve, tasks, training
+from .parsing import HelpFromLine, parse_command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stratalm", description="Build, pretrain and sample Transformer language models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for group in (training, models, tasks, lens):
+    parser.add_argument("--version", action="version", version=f"stratalm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=HelpFromLine)
+    for group in (training, models, tasks, lens, serve):
         group.add_parsers(sub)
+    parser.commands = sub.choices  # name -> the subcommand's parser (its errors show its own usage)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, parser.commands, sys.argv[1:] if argv is None else list(argv))
     try:
         args.func(args)
     except StratalmError as exc:

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import argparse
 
+from .parsing import value_on_line
+
 
 def _prepare(args: argparse.Namespace) -> None:
     from ..data import prepare
+    from ..data.prepare import describe_split
 
     manifest = prepare(args.inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                       val_fraction=args.val_fraction, text_field=args.text_field, overwrite=args.overwrite,
+                       val_share=args.val_share, seed=args.seed, text_field=args.text_field, overwrite=args.overwrite,
                        progress=not args.quiet, sentinels=args.sentinels)
-    train, val = manifest["splits"]["train"], manifest["splits"]["validation"]
     print(f"wrote {args.out}: {manifest['n_tokens']:,} tokens ({manifest['dtype']}) in {manifest['n_documents']:,} "
-          f"documents, vocabulary {manifest['vocab_size']:,}; train {train[1] - train[0]:,}, validation {val[1] - val[0]:,} tokens")
+          f"documents, vocabulary {manifest['vocab_size']:,}; {describe_split(manifest)}")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -32,7 +34,9 @@ def _pretrain(args: argparse.Namespace) -> None:
                                      "compile": True if args.compile else None}.items() if v is not None}
     if train_flags:
         flags["train"] = train_flags
-    run = build_run_config(args.config, merge_nested(parse_overrides(args.overrides), flags))
+    # --resume continues with the run.yaml saved in --out: only what changes need be given again.
+    run = build_run_config(args.config, merge_nested(parse_overrides(args.overrides), flags),
+                           resume=args.resume and not args.overwrite)
     observers = []
     if run.lens.every:
         from ..lens.dynamics import LayerDynamics
@@ -57,15 +61,23 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, steps=args.steps)
 
 
-def add_parsers(sub) -> None:
+def _pretrain_help(line: list[str]) -> str:
+    """The config keys with the values of the preset named on the line (--model or model.preset)."""
     from ..loop.run_config import config_help
 
+    return config_help(value_on_line(line, "--model", "model.preset"))
+
+
+def add_parsers(sub) -> None:
     p = sub.add_parser("prepare", help="text files, folders or JSONL -> tokenizer + token shards")
     p.add_argument("inputs", nargs="+", help="text files, folders of them, or JSONL files (one document per line)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", default="bpe", help="bpe (byte-level BPE), char, or the path of a tokenizer.json")
     p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (default 8192)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the tokens kept for validation")
+    p.add_argument("--val-share", "--val-fraction", dest="val_share", type=float, default=0.1,
+                   help="share of the documents held out for validation, drawn with --seed (default 0.1); with too "
+                        "few documents to hold out whole ones (one text file), the last share of the tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed of the choice of validation documents (default 0)")
     p.add_argument("--text-field", default="text", help="JSONL field that holds the text")
     p.add_argument("--sentinels", type=int, default=0, help="add N sentinel tokens <extra_id_0..N-1> (T5 span corruption)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -73,7 +85,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("pretrain", help="train a model on a prepared folder",
-                       epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog_for = _pretrain_help  # the key list, with the values of the --model on the line
     p.add_argument("--data", help="prepared data folder (from `stratalm prepare`)")
     p.add_argument("--out", help="run folder: checkpoint, metrics.jsonl, run.yaml")
     p.add_argument("--model", help="preset name (tiny, gpt2, llama, ...) or a checkpoint folder to start from")
@@ -81,10 +94,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--objective", help="pretraining objective (default clm)")
     p.add_argument("--max-steps", type=int, help="same as train.max_steps")
     p.add_argument("--save-every", type=int, help="same as train.save_every")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out (starts fresh if there is none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out with the settings of its run.yaml (flags and keys given again "
+                        "must match, except --max-steps and the cadence); starts fresh if there is none")
     p.add_argument("--overwrite", action="store_true", help="replace the run saved in --out")
     p.add_argument("--compile", action="store_true", help="same as train.compile=true")
-    p.add_argument("overrides", nargs="*", help="config overrides as dotted keys, e.g. train.lr=3e-4 model.n_layers=4")
+    p.add_argument("overrides", nargs="*", help="config overrides as dotted keys, e.g. train.lr=3e-4 model.n_layers=4 (anywhere on the line)")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("plot", help="draw a run's loss and metric curves to a PNG")

@@ -30,7 +30,7 @@ class TrainConfig:
     log_every: int = setting(10, "steps between lines of metrics.jsonl")
     seed: int = setting(1337, "seed of initialisation, data order, dropout and masking")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto (cuda when present)")
-    precision: str = setting("auto", "fp32, bf16 (autocast), or auto (bf16 on CUDA, fp32 on CPU)")
+    precision: str = setting("auto", "fp32, bf16 (autocast), or auto (bf16 on CUDA and on CPUs with AMX, fp32 on other CPUs)")
     compile: bool = setting(False, "torch.compile the model (costs 20-30 s at start, faster steps after)")
     progress: bool = setting(True, "show a progress bar")
     tensorboard: bool = setting(False, "also write the metrics as TensorBoard events in OUT/tensorboard (the tensorboard extra)")

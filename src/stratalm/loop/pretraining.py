@@ -61,13 +61,13 @@ def freeze_unused_heads(model: torch.nn.Module, used: tuple[str, ...]) -> None:
 
 
 def describe_scores(scores: dict[str, float]) -> str:
-    """One line for the console: the validation loss, then perplexity or the objective's own metrics."""
+    """One line for the console: the validation loss, perplexity where the loss is a token
+    cross-entropy, and the objective's own metrics (an MLM run's masked accuracy, ...)."""
     shown = [f"validation loss {scores['val_loss']:.4f}"]
     if "val_perplexity" in scores:
         shown.append(f"perplexity {scores['val_perplexity']:.2f}")
-    else:
-        shown += [f"{k[4:]} {v:.4f}" for k, v in scores.items()
-                  if k.endswith(("accuracy", "recall", "cosine", "alignment", "uniformity", "spearman"))]
+    shown += [f"{k[4:]} {v:.4f}" for k, v in scores.items()
+              if k.endswith(("accuracy", "recall", "cosine", "alignment", "uniformity", "spearman"))]
     return ", ".join(shown)
 
 

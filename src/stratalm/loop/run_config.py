@@ -7,12 +7,13 @@ here: `stratalm pretrain --help` prints every key from this module alone.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
 
-from ..config_fields import describe, load_yaml, merge_nested, setting, update_dataclass
+from ..config_fields import coerce, describe, field_type, load_yaml, merge_nested, setting, unknown_key, update_dataclass
 from ..errors import ConfigError
 from ..model_config import ModelConfig
 from ..objectives.settings import ContrastiveConfig, MaskingConfig, ReplacedTokenConfig
@@ -53,26 +54,131 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def build_run_config(yaml_path: Optional[str], overrides: dict[str, Any]) -> RunConfig:
-    """Defaults <- YAML file <- command-line overrides (nested dicts)."""
+DEFAULT_PRESET = "tiny"
+RUN_CONFIG = "run.yaml"  # written into the run folder by loop/run_folder.py
+# Settings a resumed run may change: its length, its cadence and where it runs. Any other setting
+# given again on resume must equal the saved one.
+MAY_CHANGE_ON_RESUME = ("out", "train.max_steps", "train.save_every", "train.log_every", "train.eval_every",
+                        "train.eval_windows", "train.eval_batch_size", "train.progress", "train.device",
+                        "train.compile", "train.tensorboard", "lens.every", "lens.windows")
+
+
+def _given_values(yaml_path: Optional[str], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The YAML file's values with the command line's on top, `model: NAME` spelled out."""
     values: dict[str, Any] = load_yaml(yaml_path) if yaml_path else {}
     if isinstance(values.get("model"), str):  # `model: tiny` is short for `model: {preset: tiny}`
         values["model"] = {"preset": values["model"]}
-    values = merge_nested(values, overrides)
-    model = values.pop("model", {}) or {}
+    return merge_nested(values, overrides)
+
+
+def _typed_model(model: Any) -> dict[str, Any]:
+    """The model section with each ModelConfig field converted to its type (`n_layers=2` from the
+    command line is the int 2, in the run and in run.yaml)."""
     if not isinstance(model, dict):
         raise ConfigError("config key 'model' must be a preset name or a mapping of model fields.")
-    valid = {f.name for f in dataclasses.fields(ModelConfig)} | {"preset"}
-    unknown = sorted(set(model) - valid)
-    if unknown:
-        raise ConfigError(f"unknown config key 'model.{unknown[0]}'; valid keys are: {', '.join('model.' + v for v in sorted(valid))}.")
-    run = update_dataclass(RunConfig(), values)
-    return dataclasses.replace(run, model=model)
+    valid = {f.name for f in dataclasses.fields(ModelConfig)}
+    typed = {}
+    for key, value in model.items():
+        if key == "preset":
+            typed[key] = str(value)
+        elif key in valid:
+            typed[key] = coerce(value, field_type(ModelConfig, key), f"model.{key}")
+        else:
+            raise unknown_key(f"model.{key}", [f"model.{v}" for v in sorted(valid | {"preset"})])
+    return typed
 
 
-def config_help() -> str:
+def _run_from(values: dict[str, Any]) -> RunConfig:
+    values = dict(values)
+    model = _typed_model(values.pop("model", {}) or {})
+    return dataclasses.replace(update_dataclass(RunConfig(), values), model=model)
+
+
+def saved_run_values(out: str) -> Optional[dict[str, Any]]:
+    """The settings a run folder's run.yaml holds (RunConfig keys only), or None if it has none."""
+    path = os.path.join(out, RUN_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return {k: v for k, v in load_yaml(path).items() if k in names}
+
+
+def _leaves(values: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            keys += _leaves(value, f"{prefix}{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+def _setting(run: RunConfig, key: str, resolved: dict[str, Any]) -> Any:
+    """The value of dotted `key` in `run`; a model field left to the preset is the resolved one."""
+    section, _, name = key.partition(".")
+    if section == "model":
+        return run.model_source if name == "preset" else run.model.get(name, resolved.get(name))
+    value = getattr(run, section)
+    for part in name.split(".") if name else []:
+        value = getattr(value, part)
+    return os.path.abspath(value) if key == "data" and value else value
+
+
+def resume_conflicts(saved: dict[str, Any], given: dict[str, Any], resolved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, given value) for every setting given again with another value than the
+    saved run's, except those that may change on resume."""
+    before, after = _run_from(saved), _run_from(merge_nested(saved, given))
+    conflicts = []
+    for key in sorted(set(_leaves(given))):
+        if key in MAY_CHANGE_ON_RESUME:
+            continue
+        old, new = _setting(before, key, resolved), _setting(after, key, resolved)
+        if old != new:
+            conflicts.append((key, old, new))
+    return conflicts
+
+
+def build_run_config(yaml_path: Optional[str], overrides: dict[str, Any], resume: bool = False) -> RunConfig:
+    """Defaults <- YAML file <- command-line overrides (nested dicts). With `resume`, the run.yaml
+    saved in the run folder (`out`) comes between the defaults and what is given, so a run continues
+    with its own settings; a setting given again with another value is an error naming every one."""
+    given = _given_values(yaml_path, overrides)
+    out = given.get("out")
+    saved = saved_run_values(str(out)) if resume and out else None
+    if saved is None:
+        return _run_from(given)
+    resolved = load_yaml(os.path.join(str(out), RUN_CONFIG)).get("resolved_model") or {}
+    conflicts = resume_conflicts(saved, given, resolved)
+    if conflicts:
+        listed = ", ".join(f"{key} = {new!r} (saved: {old!r})" for key, old, new in conflicts)
+        raise ConfigError(f"'{out}' holds a run with other settings than given here: {listed}; leave them out to "
+                          f"continue with the saved ones (run.yaml), or pass --overwrite to start again.")
+    return _run_from(merge_nested(saved, given))
+
+
+def preset_values(name: str) -> ModelConfig:
+    """The ModelConfig a preset name stands for (families.presets; no torch)."""
+    from ..families.presets import PRESETS
+
+    return ModelConfig.from_dict(PRESETS[name])
+
+
+def config_help(preset_name: Optional[str] = None) -> str:
+    """Every key with its value: the loop's defaults, and the model fields of `preset_name` (the
+    --model on the line, default tiny) as that preset sets them."""
+    from ..families.presets import PRESETS
+
+    name = preset_name if preset_name in PRESETS else DEFAULT_PRESET
     lines = ["config keys (set in --config FILE.yaml or as key=value; defaults shown):"]
     lines += [line for line in describe(RunConfig()) if not line.lstrip().startswith("model =")]
-    lines.append("  model.preset = 'tiny'  # a preset name or a checkpoint folder to start from")
-    lines += describe(ModelConfig(), "model.")
+    if preset_name and preset_name not in PRESETS and os.path.isdir(preset_name):
+        lines.append(f"  model.preset = {preset_name!r}  # a checkpoint folder: its model fields are its own "
+                     f"(`stratalm info {preset_name}` shows them) and cannot be overridden")
+        return "\n".join(lines)
+    lines.append(f"  model.preset = {name!r}  # a preset name or a checkpoint folder to start from; "
+                 f"the model.* values below are this preset's")
+    for line in describe(preset_values(name), "model."):
+        if line.startswith("  model.vocab_size ="):
+            line += " (pretraining takes the data's vocabulary size unless this is set)"
+        lines.append(line)
     return "\n".join(lines)

@@ -51,24 +51,23 @@ def read_run_config(out: str) -> dict[str, Any]:
     return saved
 
 
-def first_difference(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> Optional[tuple[str, Any, Any]]:
-    """The first key (dotted, sorted) whose value differs between two nested settings, or None."""
+def differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Every key (dotted, sorted) whose value differs between two nested settings: (key, saved, now)."""
+    found = []
     for key in sorted(now):
         old, new = saved.get(key), now[key]
         if isinstance(new, dict) and isinstance(old, dict):
-            found = first_difference(old, new, f"{prefix}{key}.")
-            if found:
-                return found
+            found += differences(old, new, f"{prefix}{key}.")
         elif old != new:
-            return prefix + key, old, new
-    return None
+            found.append((prefix + key, old, new))
+    return found
 
 
 def claim_folder(out: str, checkpoint_dir: str, resume: bool, overwrite: bool, identity: dict[str, Any],
                  kind: str) -> bool:
     """Decide what to do with `out` before anything is written; True = resume from `checkpoint_dir`.
     `identity` holds what a resumed run must share with the saved one (its run.yaml): a different
-    value is an error that names the key."""
+    value is an error that names every such key."""
     if not folder_to_continue(out, resume, overwrite, kind):
         return False
     recover(out)
@@ -77,14 +76,14 @@ def claim_folder(out: str, checkpoint_dir: str, resume: bool, overwrite: bool, i
     if not has_checkpoint(checkpoint_dir):
         return False  # killed before its first checkpoint: start again from the beginning
     saved = read_run_config(out)
-    difference = first_difference(saved, identity)
-    if difference:
-        key, old, new = difference
-        if old is None and key.split(".")[0] not in saved:
-            raise OutputExistsError(f"'{out}' was written by an earlier stratalm whose {RUN_CONFIG} has no '{key}'; "
-                                    f"this run cannot be resumed, so restart it with --overwrite.")
-        raise OutputExistsError(f"'{out}' holds a run with {key} = {old!r}, not {new!r}; resume with the same "
-                                f"settings, or pass --overwrite.")
+    found = differences(saved, identity)
+    missing = [key for key, old, _ in found if old is None and key.split(".")[0] not in saved]
+    if missing:
+        raise OutputExistsError(f"'{out}' was written by an earlier stratalm whose {RUN_CONFIG} has no '{missing[0]}'; "
+                                f"this run cannot be resumed, so restart it with --overwrite.")
+    if found:
+        listed = ", ".join(f"{key} = {old!r}, not {new!r}" for key, old, new in found)
+        raise OutputExistsError(f"'{out}' holds a run with {listed}; resume with the same settings, or pass --overwrite.")
     return True
 
 
@@ -111,6 +110,10 @@ def _step_of(line: str):
         return None
 
 
+def _is_resume(line: str) -> bool:
+    return json.loads(line).get("event") == "resume"
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, each with the step it belongs to; with
     `tensorboard`, every number also goes to a SummaryWriter in OUT/tensorboard."""
@@ -124,12 +127,15 @@ class MetricsLog:
             _summary_writer_class()  # a missing package is an error at start, not at the first metric
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines written after the checkpoint we resume from; the resumed run writes them again."""
+        """Drop lines written after the checkpoint we resume from; the resumed run writes them again
+        (a resume from this same checkpoint that was killed before its next one left a resume mark
+        here: the new one replaces it)."""
         if not self.enabled or not os.path.exists(self.path):
             return
         self.purge_step = step + 1  # TensorBoard drops its own events after the checkpoint too
         with open(self.path) as handle:
-            kept = [line for line in handle if _step_of(line) is not None and _step_of(line) <= step]
+            kept = [line for line in handle if _step_of(line) is not None and
+                    (_step_of(line) < step or (_step_of(line) == step and not _is_resume(line)))]
         with open(self.path, "w") as handle:
             handle.writelines(kept)
 

@@ -20,13 +20,12 @@ from tqdm import tqdm
 
 from ..checkpoint.training import decode_rng, encode_rng, load_training_checkpoint, save_training_checkpoint
 from ..errors import ConfigError
+from ..precision import autocast, choose_precision
 from .config import TrainConfig
 from .distributed import Distributed, setup_distributed, teardown_distributed
-from .optim import learning_rate, make_optimizer
+from .optim import Schedule, make_optimizer
 from .recipe import Part, Recipe
 from .run_folder import MetricsLog, claim_folder, clear_run_files, write_run_config
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_device(name: str, dist: Distributed) -> torch.device:
@@ -42,8 +41,7 @@ def resolve_device(name: str, dist: Distributed) -> torch.device:
 def check_loop_settings(cfg: TrainConfig) -> None:
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.max_steps < 0 or cfg.log_every < 1:
         raise ConfigError("batch_size, grad_accum and log_every must be at least 1, and max_steps not negative.")
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be auto, fp32 or bf16; got '{cfg.precision}'.")
+    choose_precision(cfg.precision, "cpu")  # refuses an unknown name before anything is built
 
 
 class Loop:
@@ -58,6 +56,7 @@ class Loop:
         wants_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
         self.dist = setup_distributed("cuda" if wants_cuda else "cpu")
         self.device = resolve_device(cfg.device, self.dist)
+        self.precision, self.precision_reason = choose_precision(cfg.precision, self.device.type)
         parts = cfg.grad_accum * self.dist.world_size
         if cfg.batch_size % parts:
             raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by grad_accum x processes ({parts}).")
@@ -68,8 +67,9 @@ class Loop:
         self.total_steps = recipe.total_steps()
         if self.total_steps < 1:
             raise ConfigError("the run has no step to take; max_steps must be at least 1.")
-        self.schedule = dataclasses.replace(cfg, max_steps=self.total_steps)
-        self.optimizer = make_optimizer(self.model, self.schedule, self.device, recipe.parameter_groups())
+        self.schedule = Schedule(dataclasses.replace(cfg, max_steps=self.total_steps))
+        self.stretched = ""  # how the schedule was stretched, when a resumed run changed its length
+        self.optimizer = make_optimizer(self.model, self.schedule.config, self.device, recipe.parameter_groups())
         self.checkpoint_dir = os.path.join(out, recipe.checkpoint_subdir) if recipe.checkpoint_subdir else out
 
         self.resuming = claim_folder(out, self.checkpoint_dir, resume, overwrite, recipe.identity(), recipe.kind)
@@ -79,15 +79,19 @@ class Loop:
         if self.dist.is_main:
             os.makedirs(out, exist_ok=True)
             if not self.resuming:
-                clear_run_files(out)
-            write_run_config(out, recipe.settings())
+                clear_run_files(out)  # a restart without a checkpoint starts its metrics again too
         self.dist.barrier()
         if self.resuming:
             self._restore(load_training_checkpoint(self.checkpoint_dir, self.model, self.optimizer))
             self.metrics.truncate_after(self.step)
+            # Where the run resumed (`stratalm plot` marks it), and how its schedule was stretched.
+            self.metrics.write({"step": self.step, "event": "resume", **({"schedule": self.stretched} if self.stretched else {})})
         else:
             for record in recipe.start_records():
                 self.metrics.write(record)
+        if self.dist.is_main:
+            write_run_config(out, {**recipe.settings(), "schedule": self.schedule.to_dict(),
+                                   "precision": {"chosen": self.precision, "reason": self.precision_reason}})
 
         self.forward_model: torch.nn.Module = torch.compile(self.model) if cfg.compile else self.model
         self.hand_synced = self.dist.enabled and not recipe.ddp_wrapper
@@ -96,9 +100,7 @@ class Loop:
                 self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         elif self.hand_synced:
             self.dist.broadcast_parameters(self.model)  # what DDP's constructor does: every process starts equal
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        self.autocast: Callable[[], Any] = (
-            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext)
+        self.autocast: Callable[[], Any] = lambda: autocast(self.precision, self.device.type)
         self.say = tqdm.write if self.dist.is_main else (lambda *_: None)
 
     # -- state ------------------------------------------------------------------------------
@@ -108,16 +110,32 @@ class Loop:
             rng["cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
         rng.update({name: encode_rng(state) for name, state in self.recipe.rng_states().items()})
         return {"step": self.step, **self.recipe.state(self.step), "world_size": self.dist.world_size,
-                "train_s": self.train_seconds, "rng": rng}
+                "train_s": self.train_seconds, "schedule": self.schedule.to_dict(), "rng": rng}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        if self.step > self.total_steps:
+            raise ConfigError(f"the run in '{self.out}' is already at step {self.step}, past the {self.total_steps} steps "
+                              f"asked for; give a larger max_steps to continue it.")
+        self._restore_schedule(state.get("schedule"))
         self.train_seconds = float(state.get("train_s", 0.0))  # older checkpoints lack it
         rng = state["rng"]
         torch.set_rng_state(decode_rng(rng["torch"]))
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(decode_rng(rng["cuda"]), self.device)
         self.recipe.restore(state, {name: decode_rng(text) for name, text in rng.items() if name not in ("torch", "cuda")})
+
+    def _restore_schedule(self, saved: Any) -> None:
+        """The checkpoint's schedule; stretched from this step if the run's length changed (a
+        checkpoint of an older stratalm has none saved: the current one is taken as it)."""
+        if not saved:
+            return
+        schedule = Schedule.from_dict(saved, self.schedule.config)
+        if schedule.config.max_steps != self.total_steps:
+            before = schedule.config.max_steps
+            schedule = schedule.stretched(self.step, self.total_steps)
+            self.stretched = f"the run's length changed from {before} to {self.total_steps} steps: {schedule.describe()}"
+        self.schedule = schedule
 
     def save(self) -> None:
         if self.dist.is_main:
@@ -132,7 +150,7 @@ class Loop:
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns the mean loss over all processes."""
-        lr = learning_rate(self.step, self.schedule)
+        lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         micro_batches = [self.recipe.micro_batch(self.step, m, self.cfg.grad_accum) for m in range(self.cfg.grad_accum)]
@@ -216,8 +234,11 @@ class Loop:
         cfg = self.cfg
         self.started = time.perf_counter()  # wall time of this invocation (evaluation included)
         self.say(self.recipe.describe(self))
+        self.say(f"precision {self.precision} ({self.precision_reason})")
         if self.resuming:
             self.say(f"resuming from step {self.step} in {self.out}")
+            if self.stretched:
+                self.say(self.stretched)
         if self.recipe.evaluate_at_start and self.step == 0:
             self.evaluate()  # the starting point of the dev curves
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.recipe.progress_label, unit="step",
@@ -234,7 +255,7 @@ class Loop:
             window_steps += 1
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                record = {"step": self.step, "loss": window_loss / window_steps, "lr": learning_rate(self.step - 1, self.schedule),
+                record = {"step": self.step, "loss": window_loss / window_steps, "lr": self.schedule.lr(self.step - 1),
                           **self.recipe.throughput(window_steps, max(window_time, 1e-9)), "train_s": round(self.train_seconds, 3)}
                 self.metrics.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from ..config_fields import did_you_mean
 from ..errors import ConfigError
 from ..lazy import lazy_attributes
 
@@ -28,7 +29,7 @@ def task_names() -> list[str]:
 def task_class(name: str):
     """The Task subclass registered as `name`; the error lists the available tasks."""
     if name not in TASKS:
-        raise ConfigError(f"unknown task '{name}'; available tasks: {', '.join(TASKS)}.")
+        raise ConfigError(f"unknown task '{name}'{did_you_mean(name, TASKS)}; available tasks: {', '.join(TASKS)}.")
     module, cls = TASKS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
