@@ -16,6 +16,7 @@ from ..families import hf_family, hf_family_of
 from ..model_config import ModelConfig
 from ..models import build_model
 from ..tokenize import Tokenizer
+from .hf_tokenizer import GENERATION_CONFIG, generation_config, token_ids, write_json, write_tokenizer_files
 from .native import CONFIG, TOKENIZER, WEIGHTS, check_tokenizer
 from .transaction import commit_files, pending_folder
 from .weights import load_state_into, model_state, release_weights, unique_weights
@@ -92,18 +93,32 @@ def load_hf(path: str, hf_config: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
-def save_hf(model: torch.nn.Module, path: str) -> None:
-    """Write `model` as a transformers folder: config.json, model.safetensors, tokenizer.json."""
+def refuse_unrepresentable(model: torch.nn.Module) -> None:
+    """A CheckpointError naming every setting the family's transformers class cannot represent
+    (it would load with weights missing, or compute something else), before anything is written."""
     family = hf_family_of(model.config)
-    staging = pending_folder(path)
-    state = family.to_hf_state(model_state(model), model.config)
-    save_file({k: v.cpu() for k, v in state.items()}, os.path.join(staging, WEIGHTS), metadata={"format": "pt"})
-    hf_config = {"model_type": family.hf_model_type, "architectures": [family.architecture(model.config)],
-                 **family.config_to_hf(model.config), "torch_dtype": "float32"}
+    problems = family.unrepresentable(model.config)
+    if problems:
+        raise CheckpointError(
+            f"{family.architecture(model.config)} in transformers cannot represent {'; '.join(problems)}, "
+            "so this model has no Hugging Face export; keep it in the stratalm format."
+        )
+
+
+def save_hf(model: torch.nn.Module, path: str) -> None:
+    """Write `model` as a transformers folder: config.json, model.safetensors and, with a tokenizer,
+    the files AutoTokenizer reads (hf_tokenizer.py); generation_config.json for generators."""
+    refuse_unrepresentable(model)
+    family, config = hf_family_of(model.config), model.config
     tokenizer = getattr(model, "tokenizer", None)
+    hf_config = {"model_type": family.hf_model_type, "architectures": [family.architecture(config)],
+                 **family.config_to_hf(config), **token_ids(tokenizer, config), "torch_dtype": "float32"}
+    staging = pending_folder(path)
+    state = family.to_hf_state(model_state(model), config)
+    save_file({k: v.cpu() for k, v in state.items()}, os.path.join(staging, WEIGHTS), metadata={"format": "pt"})
     if tokenizer is not None:
-        hf_config.update({f"{role}_token_id": getattr(tokenizer, f"{role}_id") for role in ("bos", "eos", "pad")})
-        tokenizer.save(os.path.join(staging, TOKENIZER))
-    with open(os.path.join(staging, CONFIG), "w") as handle:
-        json.dump(hf_config, handle, indent=2)
+        write_tokenizer_files(tokenizer, config, family.special_tokens, staging)
+    if config.stack != "encoder":
+        write_json(os.path.join(staging, GENERATION_CONFIG), generation_config(hf_config))
+    write_json(os.path.join(staging, CONFIG), hf_config)
     commit_files(path)

@@ -12,8 +12,9 @@ from .presets import PRESETS, preset, preset_names
 from .roberta import ROBERTA
 from .spec import Family, Rule
 from .t5 import T5
+from .xlnet import XLNET
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, LLAMA, BERT, ROBERTA, ELECTRA, ALBERT, T5)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (GPT2, LLAMA, BERT, ROBERTA, ELECTRA, ALBERT, T5, XLNET)}
 _BY_HF_TYPE: dict[str, Family] = {f.hf_model_type: f for f in FAMILIES.values()}
 
 

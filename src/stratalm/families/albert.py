@@ -6,7 +6,11 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..model_config import ModelConfig
-from .bert import _dense, classifier_rules, encoder_architecture, encoder_config_from_hf, encoder_config_to_hf
+from .bert import (
+    BERT_CLASSES, FULL_SPECIAL_TOKENS, _dense, classifier_rules, encoder_architecture, encoder_config_from_hf, encoder_config_to_hf,
+    encoder_limits,
+)
+from .limits import need, only
 from .spec import Family, Rule
 
 
@@ -55,6 +59,12 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
             "inner_group_num": 1}
 
 
-ALBERT = Family("albert", "albert", encoder_architecture("Albert"), rules, config_from_hf, config_to_hf,
+# BERT's classes, with the sentence-order head in ForPreTraining and no next-sentence class.
+CLASSES = {k: v for k, v in BERT_CLASSES.items() if k != "ForNextSentencePrediction"}
+
+ALBERT = Family("albert", "albert", encoder_architecture("Albert", CLASSES), rules, config_from_hf, config_to_hf,
                 ignore=(".position_ids", "predictions.decoder.bias"), hf_prefixes=("albert.",),
-                base_architecture="AlbertModel")
+                base_architecture="AlbertModel", special_tokens=FULL_SPECIAL_TOKENS,
+                limits=(*encoder_limits("Albert", CLASSES, "pooled"), only("padding_positions", False),
+                        need("embedding_dim", lambda v, c: c.embed_width != c.d_model,
+                             "a projection from embedding_size to hidden_size, so embeddings narrower than d_model")))

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..model_config import ModelConfig
-from .spec import Family, Rule, pick
-
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
+from .limits import BIASES, LAYERNORM, PLAIN_ATTENTION, Check, need, only
+from .spec import ACTIVATION_TO_HF, Family, Rule, activation_from_hf, pick
 
 
 def _dense(ours: str, theirs: str) -> list[Rule]:
@@ -90,7 +89,7 @@ def encoder_config_from_hf(hf: dict[str, Any], weight_names: set[str], family: s
     return dict(
         family=family, stack="encoder", vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 512),
         n_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"],
-        d_ff=hf["intermediate_size"], activation=HF_ACTIVATIONS[hf.get("hidden_act", "gelu")],
+        d_ff=hf["intermediate_size"], activation=activation_from_hf(hf.get("hidden_act", "gelu")),
         norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-12), norm_position="post", final_norm=False,
         position="learned", type_vocab_size=hf.get("type_vocab_size", 2), embedding_norm=True,
         pad_token_id=pick(hf, "pad_token_id", default=0), dropout=hf.get("hidden_dropout_prob", 0.1),
@@ -109,10 +108,9 @@ def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]
 
 
 def encoder_config_to_hf(c: ModelConfig) -> dict[str, Any]:
-    activation = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}[c.activation]
     return dict(
         vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
-        intermediate_size=c.d_ff, hidden_act=activation, max_position_embeddings=c.max_seq_len,
+        intermediate_size=c.d_ff, hidden_act=ACTIVATION_TO_HF[c.activation], max_position_embeddings=c.max_seq_len,
         type_vocab_size=c.type_vocab_size, layer_norm_eps=c.norm_eps, pad_token_id=c.pad_token_id,
         hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.attention_dropout,
         tie_word_embeddings=c.tie_embeddings,
@@ -120,24 +118,87 @@ def encoder_config_to_hf(c: ModelConfig) -> dict[str, Any]:
     )
 
 
-def encoder_architecture(prefix: str):
-    """The transformers class of a BERT-style encoder, named by its heads: a classifier, the
-    pretraining heads (MLM + pair head, or ELECTRA's replaced-token head), an MLM head, or none."""
+def model_heads(c: ModelConfig) -> frozenset[str]:
+    """The heads an encoder config has, by the field that asks for each."""
+    present = {"mlm_head": c.mlm_head, "pooler": c.pooler, "nsp_head": c.nsp_head, "rtd_head": c.rtd_head,
+               "n_labels": c.n_labels, "n_token_labels": c.n_token_labels, "qa_head": c.qa_head}
+    return frozenset(name for name, on in present.items() if on)
+
+
+# The heads each transformers class of a BERT-style family holds (class name after the family's
+# prefix), most specific first. An export goes to the class that holds exactly the model's heads.
+HEADED_CLASSES = {"ForSequenceClassification": {"n_labels"}, "ForTokenClassification": {"n_token_labels"},
+                  "ForQuestionAnswering": {"qa_head"}, "ForMaskedLM": {"mlm_head"}}
+BERT_CLASSES = {**HEADED_CLASSES, "ForSequenceClassification": {"n_labels", "pooler"},
+                "ForPreTraining": {"mlm_head", "nsp_head", "pooler"}, "ForNextSentencePrediction": {"nsp_head", "pooler"},
+                "Model": {"pooler"}}
+
+
+def _holds(suffix: str, held: set[str], heads: frozenset[str]) -> bool:
+    # The headless class always builds a pooler: a model without one still exports its hidden
+    # states exactly (transformers draws that pooler at random and says so).
+    return held == heads or (suffix == "Model" and held - {"pooler"} == heads)
+
+
+def encoder_architecture(prefix: str, classes: dict[str, set[str]]):
+    """The transformers class of a BERT-style encoder: the one that holds exactly its heads
+    (else the first that holds them all, which the export then refuses, see `heads_held`)."""
 
     def architecture(c: ModelConfig) -> str:
-        if c.n_labels:
-            return f"{prefix}ForSequenceClassification"
-        if c.n_token_labels:
-            return f"{prefix}ForTokenClassification"
-        if c.qa_head:
-            return f"{prefix}ForQuestionAnswering"
-        if (c.mlm_head and c.nsp_head) or c.rtd_head:
-            return f"{prefix}ForPreTraining"
-        return f"{prefix}ForMaskedLM" if c.mlm_head else f"{prefix}Model"
+        heads = model_heads(c)
+        exact = next((s for s, held in classes.items() if _holds(s, held, heads)), None)
+        covering = next((s for s, held in classes.items() if heads <= held), "Model")
+        return prefix + (exact or covering)
 
     return architecture
 
 
-BERT = Family("bert", "bert", encoder_architecture("Bert"), rules, config_from_hf, encoder_config_to_hf,
+def heads_held(prefix: str, classes: dict[str, set[str]]) -> Check:
+    """A model whose heads no class holds exactly would lose some (unexpected weights) or load
+    others at random (missing weights)."""
+
+    def check(c: ModelConfig) -> Optional[str]:
+        heads = model_heads(c)
+        if any(_holds(s, held, heads) for s, held in classes.items()):
+            return None
+        offered = "; ".join(f"{prefix}{s}: {' + '.join(sorted(held)) or 'none'}" for s, held in classes.items())
+        return f"the heads {' + '.join(sorted(heads))} together (the {prefix} classes hold {offered})"
+
+    return check
+
+
+def encoder_limits(prefix: str, classes: dict[str, set[str]], classifier: str) -> tuple[Check, ...]:
+    """What every BERT-style class requires: post-norm LayerNorm with biases, learned positions,
+    segment embeddings and an embedding norm, a plain MLP; the heads of one class; and the
+    family's kind of sequence classifier."""
+    return (
+        only("stack", "encoder"), only("position", "learned"), only("norm_position", "post"),
+        only("final_norm", False, has="no final norm"), only("embedding_norm", True, has="an embedding norm"),
+        only("gated", False, has="a plain MLP"), *LAYERNORM, *BIASES, *PLAIN_ATTENTION,
+        need("type_vocab_size", lambda v, c: v >= 1, "a token-type embedding"),
+        only("classifier", classifier, when=lambda c: bool(c.n_labels)), heads_held(prefix, classes),
+        only("mlm_transform", True, has="an MLM head with dense + activation + norm", when=lambda c: c.mlm_head),
+    )
+
+
+def fixed_head_activations(classifier: str, mlm: str) -> tuple[Check, ...]:
+    """RoBERTa and ELECTRA fix the activations of their classifier and MLM heads in code."""
+    return (
+        need("classifier_activation", lambda v, c: (v or c.activation) == classifier, f"a {classifier} classifier",
+             when=lambda c: bool(c.n_labels)),
+        need("activation", lambda v, c: v == mlm, f"an MLM head with {mlm}, whatever the layers use", when=lambda c: c.mlm_head),
+    )
+
+
+BERT_SPECIAL_TOKENS = ("unk", "sep", "pad", "cls", "mask")
+# RoBERTa and ALBERT also name a bos and an eos (<s> and </s>, [CLS] and [SEP] in their own vocabularies).
+FULL_SPECIAL_TOKENS = ("bos", "eos", *BERT_SPECIAL_TOKENS)
+SAME_WIDTH_EMBEDDINGS = need("embedding_dim", lambda v, c: c.embed_width == c.d_model, "embeddings as wide as hidden_size")
+NO_SHARING = only("share_layers", 0, has="no layer sharing")
+
+
+BERT = Family("bert", "bert", encoder_architecture("Bert", BERT_CLASSES), rules, config_from_hf, encoder_config_to_hf,
               ignore=("cls.predictions.decoder.bias", ".position_ids"), hf_prefixes=("bert.",),
-              base_architecture="BertModel")
+              base_architecture="BertModel", special_tokens=BERT_SPECIAL_TOKENS,
+              limits=(*encoder_limits("Bert", BERT_CLASSES, "pooled"), only("padding_positions", False), NO_SHARING,
+                      SAME_WIDTH_EMBEDDINGS))

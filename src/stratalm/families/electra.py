@@ -7,8 +7,10 @@ from typing import Any
 
 from ..model_config import ModelConfig
 from .bert import (
-    _dense, classifier_rules, encoder_architecture, encoder_config_from_hf, encoder_config_to_hf, encoder_rules,
+    BERT_SPECIAL_TOKENS, HEADED_CLASSES, NO_SHARING, _dense, classifier_rules, encoder_architecture, encoder_config_from_hf,
+    encoder_config_to_hf, encoder_limits, encoder_rules, fixed_head_activations,
 )
+from .limits import only
 from .spec import Family, Rule
 
 
@@ -42,5 +44,11 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     return {**encoder_config_to_hf(c), "embedding_size": c.embed_width}
 
 
-ELECTRA = Family("electra", "electra", encoder_architecture("Electra"), rules, config_from_hf, config_to_hf,
-                 ignore=(".position_ids",), hf_prefixes=("electra.",), base_architecture="ElectraModel")
+# The discriminator is ElectraForPreTraining, a generator ElectraForMaskedLM; ELECTRA has no pooler.
+CLASSES = {**HEADED_CLASSES, "ForPreTraining": {"rtd_head"}, "Model": set()}
+
+ELECTRA = Family("electra", "electra", encoder_architecture("Electra", CLASSES), rules, config_from_hf, config_to_hf,
+                 ignore=(".position_ids",), hf_prefixes=("electra.",), base_architecture="ElectraModel",
+                 special_tokens=BERT_SPECIAL_TOKENS,
+                 limits=(*encoder_limits("Electra", CLASSES, "dense"), *fixed_head_activations("gelu", "gelu"),
+                         only("padding_positions", False), NO_SHARING))

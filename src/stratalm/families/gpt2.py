@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..model_config import ModelConfig
-from .spec import Family, Rule, pick
-
-HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+from .limits import BIASES, LAYERNORM, NO_ENCODER_EMBEDDINGS, PLAIN_ATTENTION, PRE_NORM, only
+from .spec import ACTIVATION_TO_HF, Family, Rule, activation_from_hf, pick
 
 
 def rules(config: ModelConfig) -> list[Rule]:
@@ -31,7 +30,7 @@ def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]
     return dict(
         family="gpt2", vocab_size=hf["vocab_size"], max_seq_len=pick(hf, "n_positions", "n_ctx", default=1024),
         n_layers=pick(hf, "n_layer", "num_hidden_layers"), d_model=d_model, n_heads=pick(hf, "n_head", "num_attention_heads"),
-        d_ff=pick(hf, "n_inner", default=4 * d_model), activation=HF_ACTIVATIONS[hf.get("activation_function", "gelu_new")],
+        d_ff=pick(hf, "n_inner", default=4 * d_model), activation=activation_from_hf(hf.get("activation_function", "gelu_new")),
         norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_embeddings=hf.get("tie_word_embeddings", True),
         dropout=hf.get("resid_pdrop", 0.0), attention_dropout=hf.get("attn_pdrop", 0.0),
         position="learned", norm="layernorm", norm_position="pre", gated=False,
@@ -39,7 +38,7 @@ def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]
 
 
 def config_to_hf(c: ModelConfig) -> dict[str, Any]:
-    activation = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[c.activation]
+    activation = ACTIVATION_TO_HF[c.activation]
     return dict(
         vocab_size=c.vocab_size, n_positions=c.max_seq_len, n_embd=c.d_model, n_layer=c.n_layers, n_head=c.n_heads,
         n_inner=c.d_ff, activation_function=activation, layer_norm_epsilon=c.norm_eps, tie_word_embeddings=c.tie_embeddings,
@@ -47,5 +46,9 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     )
 
 
+# GPT2LMHeadModel: learned positions, pre-norm LayerNorm with biases everywhere, a plain MLP.
+LIMITS = (only("stack", "decoder"), only("position", "learned"), only("gated", False, has="a plain MLP"),
+          *PRE_NORM, *LAYERNORM, *BIASES, *PLAIN_ATTENTION, *NO_ENCODER_EMBEDDINGS)
+
 GPT2 = Family("gpt2", "gpt2", lambda c: "GPT2LMHeadModel", rules, config_from_hf, config_to_hf,
-              ignore=(".attn.bias", ".attn.masked_bias"), hf_prefixes=("transformer.",))
+              ignore=(".attn.bias", ".attn.masked_bias"), hf_prefixes=("transformer.",), limits=LIMITS)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..model_config import ModelConfig
-from .spec import Family, Rule, pick
+from .limits import NO_ENCODER_EMBEDDINGS, PLAIN_ATTENTION, PRE_NORM, only
+from .spec import ACTIVATION_TO_HF, Family, Rule, activation_from_hf, pick
 
 
 def _qkv_sizes(c: ModelConfig) -> list[int]:
@@ -45,7 +46,7 @@ def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]
         family="llama", vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
         n_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"],
         n_kv_heads=pick(hf, "num_key_value_heads", default=hf["num_attention_heads"]), head_dim=hf.get("head_dim"),
-        d_ff=hf["intermediate_size"], activation={"silu": "silu", "gelu": "gelu"}[hf.get("hidden_act", "silu")],
+        d_ff=hf["intermediate_size"], activation=activation_from_hf(hf.get("hidden_act", "silu")),
         gated=True, norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), position="rope",
         rope_theta=pick(rope, "rope_theta", default=hf.get("rope_theta", 10000.0)),
         attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False),
@@ -58,12 +59,16 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     return dict(
         vocab_size=c.vocab_size, max_position_embeddings=c.max_seq_len, num_hidden_layers=c.n_layers,
         hidden_size=c.d_model, num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads, head_dim=c.dim_per_head,
-        intermediate_size=c.d_ff, hidden_act=c.activation, rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta,
+        intermediate_size=c.d_ff, hidden_act=ACTIVATION_TO_HF[c.activation], rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta,
         rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
         attention_bias=c.attention_bias, mlp_bias=c.mlp_bias, tie_word_embeddings=c.tie_embeddings,
         attention_dropout=c.attention_dropout,
     )
 
 
+# LlamaForCausalLM: rotary positions, pre-norm RMSNorm, a gated MLP; heads, biases and tying are options.
+LIMITS = (only("stack", "decoder"), only("position", "rope"), only("norm", "rmsnorm"), only("gated", True, has="a gated MLP"),
+          *PRE_NORM, PLAIN_ATTENTION[-1], *NO_ENCODER_EMBEDDINGS)
+
 LLAMA = Family("llama", "llama", lambda c: "LlamaForCausalLM", rules, config_from_hf, config_to_hf,
-               ignore=(".rotary_emb.inv_freq",))
+               ignore=(".rotary_emb.inv_freq",), limits=LIMITS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config_fields import did_you_mean
 from ..errors import ConfigError
 from ..model_config import ModelConfig
 
@@ -42,6 +43,15 @@ T5_STYLE: dict[str, Any] = dict(
     norm_eps=1e-6, norm_position="pre", attention_bias=False, mlp_bias=False, activation="relu", gated=False,
     tie_embeddings=True, lm_head_scale=True, dropout=0.1, scale_residual_init=False, vocab_size=32128, max_seq_len=512,
     init_scheme="t5",
+)
+# XLNet: relative sinusoidal positions, segments inside attention, two-stream attention (mask_emb),
+# post-norm without attention biases, the tied LM head with a bias, the sequence summary on the last token.
+XLNET_STYLE: dict[str, Any] = dict(
+    family="xlnet", stack="encoder", position="relative_sinusoidal", relative_segments=True, query_stream=True,
+    norm="layernorm", norm_eps=1e-12, norm_position="post", final_norm=False, activation="gelu", gated=False,
+    attention_bias=False, type_vocab_size=0, mlm_head=True, mlm_transform=False, tie_embeddings=True,
+    classifier="last", classifier_activation="tanh", dropout=0.1, attention_dropout=0.1, scale_residual_init=False,
+    vocab_size=32000, max_seq_len=512, pad_token_id=5,
 )
 
 
@@ -95,6 +105,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "t5": _t5(4, 256, 4, 1024),
     "t5-small": _t5(6, 512, 8, 2048),
     "t5-base": _t5(12, 768, 12, 3072),
+    # XLNet: the family name is a CPU size; the cased sizes follow the paper.
+    "xlnet": _encoder(XLNET_STYLE, 4, 256, 4, max_seq_len=256),
+    "xlnet-base-cased": _encoder(XLNET_STYLE, 12, 768, 12),
+    "xlnet-large-cased": _encoder(XLNET_STYLE, 24, 1024, 16),
     "t5-v1_1-small": _t5(8, 512, 6, 1024, n_decoder_layers=8, activation="gelu_tanh", gated=True,
                          tie_embeddings=False, lm_head_scale=False),
 }
@@ -107,5 +121,5 @@ def preset_names() -> list[str]:
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of a named preset, with any field overridden."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown model preset '{name}'; choose one of: {', '.join(PRESETS)} (or a checkpoint folder).")
+        raise ConfigError(f"unknown model preset '{name}'{did_you_mean(name, PRESETS)}; choose one of: {', '.join(PRESETS)} (or a checkpoint folder).")
     return ModelConfig.from_dict({**PRESETS[name], **overrides})

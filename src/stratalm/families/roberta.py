@@ -6,8 +6,10 @@ from typing import Any
 
 from ..model_config import ModelConfig
 from .bert import (
-    _dense, classifier_rules, encoder_architecture, encoder_config_from_hf, encoder_config_to_hf, encoder_rules,
+    FULL_SPECIAL_TOKENS, HEADED_CLASSES, NO_SHARING, SAME_WIDTH_EMBEDDINGS, _dense, classifier_rules, encoder_architecture,
+    encoder_config_from_hf, encoder_config_to_hf, encoder_limits, encoder_rules, fixed_head_activations,
 )
+from .limits import only
 from .spec import Family, Rule
 
 
@@ -27,6 +29,11 @@ def config_from_hf(hf: dict[str, Any], weight_names: set[str]) -> dict[str, Any]
     return values
 
 
-ROBERTA = Family("roberta", "roberta", encoder_architecture("Roberta"), rules, config_from_hf, encoder_config_to_hf,
-                 ignore=("lm_head.decoder.bias", ".position_ids"), hf_prefixes=("roberta.",),
-                 base_architecture="RobertaModel")
+CLASSES = {**HEADED_CLASSES, "Model": {"pooler"}}  # no pretraining class: RoBERTa has no pair task
+
+ROBERTA = Family("roberta", "roberta", encoder_architecture("Roberta", CLASSES), rules, config_from_hf,
+                 encoder_config_to_hf, ignore=("lm_head.decoder.bias", ".position_ids"), hf_prefixes=("roberta.",),
+                 base_architecture="RobertaModel", special_tokens=FULL_SPECIAL_TOKENS,
+                 limits=(*encoder_limits("Roberta", CLASSES, "dense"), *fixed_head_activations("tanh", "gelu"),
+                         only("padding_positions", True, has="positions counted from pad_token_id + 1"), NO_SHARING,
+                         SAME_WIDTH_EMBEDDINGS))

@@ -3,12 +3,14 @@ config keys it reads and writes. No family has a model class of its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import CheckpointError
 from ..model_config import ModelConfig
+from .limits import Check, unrepresentable
+
+if TYPE_CHECKING:  # torch loads with the weights, not with the preset table (`pretrain --help` shows presets)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,14 @@ class Family:
     ignore: tuple[str, ...] = ()  # HF keys that carry no weights of their own (buffers, tied aliases)
     hf_prefixes: tuple[str, ...] = field(default_factory=tuple)  # what a headless HF save drops ("bert.")
     base_architecture: Optional[str] = None  # the headless class, saved without hf_prefixes
+    limits: tuple[Check, ...] = ()  # what the transformers class requires of a config (limits.py)
+    # The special tokens the family's own tokenizer names (tokenizer_config.json of an export);
+    # GPT-2's has no pad token, but a batch needs one.
+    special_tokens: tuple[str, ...] = ("bos", "eos", "unk", "pad")
+
+    def unrepresentable(self, config: ModelConfig) -> list[str]:
+        """The settings of `config` that the family's transformers class cannot represent."""
+        return unrepresentable(self.limits, config)
 
     def expand(self, config: ModelConfig) -> list[Rule]:
         """The rules with `{i}` filled in for every block (every layer, unless layers are shared)
@@ -58,6 +68,8 @@ class Family:
     def from_hf_state(self, state: dict[str, torch.Tensor], config: ModelConfig, source: str,
                       expected: set[str]) -> dict[str, torch.Tensor]:
         """HF tensors -> the stratalm names in `expected` (the model's own, each tensor once)."""
+        import torch
+
         state = {k: v for k, v in state.items() if not any(k.endswith(s) for s in self.ignore)}
         out: dict[str, torch.Tensor] = {}
         used: set[str] = set()
@@ -98,6 +110,18 @@ class Family:
             if name.startswith(prefix) and name[len(prefix):] in state:
                 return name[len(prefix):]
         return None
+
+
+# transformers' activation names (ACT2FN) and ours; gelu_python is exact gelu under another name.
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                  "relu": "relu", "silu": "silu", "swish": "silu"}
+ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
+def activation_from_hf(name: str) -> str:
+    if name not in HF_ACTIVATIONS:
+        raise CheckpointError(f"the activation '{name}' is not supported; stratalm reads {', '.join(HF_ACTIVATIONS)}.")
+    return HF_ACTIVATIONS[name]
 
 
 def pick(values: dict[str, Any], *keys: str, default: Any = None) -> Any:
