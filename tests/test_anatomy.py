@@ -30,6 +30,7 @@ FAMILIES = {
     "electra-generator": dict(embedding_dim=16, d_model=16, n_heads=1),
     "t5": dict(head_dim=16, n_decoder_layers=3),
     "t5-v1_1-small": dict(head_dim=16),
+    "xlnet": dict(n_labels=2),
 }
 
 

@@ -15,7 +15,8 @@ from .errors import ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("learned", "sinusoidal", "rope", "relative_buckets", "none")
+POSITIONS = ("learned", "sinusoidal", "rope", "relative_buckets", "relative_sinusoidal", "none")
+CLASSIFIERS = ("pooled", "dense", "last")
 STACKS = ("decoder", "encoder", "encoder-decoder")
 
 
@@ -40,9 +41,14 @@ class ModelConfig:
     norm_bias: bool = setting(True, "LayerNorm carries a bias (ignored by rmsnorm)")
     norm_position: str = setting("pre", "pre: norm before each sublayer (GPT-2, Llama); post: after the residual add (BERT)")
     final_norm: bool = setting(True, "a norm after the last block (pre-norm stacks need it)")
-    position: str = setting("learned", "positions: learned, sinusoidal, rope (rotary), relative_buckets (T5) or none")
+    position: str = setting("learned", "positions: learned, sinusoidal, rope (rotary), relative_buckets (T5), relative_sinusoidal (XLNet) or none")
     relative_buckets: int = setting(32, "relative_buckets: number of buckets of the learned per-head bias")
     relative_max_distance: int = setting(128, "relative_buckets: distance beyond which all offsets share a bucket")
+    attention_type: str = setting("bi", "relative_sinusoidal: bi (every token sees every other) or uni (causal), XLNet's attn_type")
+    relative_clamp: int = setting(0, "relative_sinusoidal: offsets beyond this share the sinusoid of the limit (0 = none; transformers' clamp_len)")
+    relative_segments: bool = setting(False, "XLNet: segments enter attention as a learned same/different-segment term per head (r_s bias, seg_embed), not as an embedding")
+    query_stream: bool = setting(False, "XLNet: a learned mask_emb starts the query stream of two-stream attention, run when a target_mapping is given")
+    mem_len: int = setting(0, "XLNet memory: how many of the latest hidden states per layer a forward returns for the next segment (0 = all)")
     attention_scale: Optional[float] = setting(None, "multiplier of q.k before the softmax (None = 1/sqrt(head_dim); T5 uses 1)")
     padding_positions: bool = setting(False, "RoBERTa: positions count from pad_token_id + 1; padding sits at pad_token_id")
     type_vocab_size: int = setting(0, "rows of the token-type (segment) embedding; 0 = no segments (BERT uses 2)")
@@ -58,6 +64,7 @@ class ModelConfig:
     lm_head_scale: bool = setting(False, "scale the last hidden state by d_model^-0.5 before the LM head (T5 v1.0)")
     decoder_start_token_id: int = setting(0, "encoder-decoder: the token the decoder starts from (T5: pad = 0)")
     mlm_head: bool = setting(False, "encoder: masked-LM head (dense, activation, norm, tied decoder with bias)")
+    mlm_transform: bool = setting(True, "MLM head: dense + activation + norm before the tied decoder (BERT); False = the decoder and its bias alone (XLNet)")
     pooler: bool = setting(False, "encoder: pooler (dense + tanh on the first token)")
     nsp_head: bool = setting(False, "encoder: next-sentence / sentence-order head (2 logits from the pooled vector)")
     rtd_head: bool = setting(False, "encoder: ELECTRA's replaced-token-detection head (one logit per token)")
@@ -66,7 +73,7 @@ class ModelConfig:
     n_token_labels: int = setting(0, "encoder: tags of a token-classification head, one prediction per token (0 = none)")
     qa_head: bool = setting(False, "encoder: extractive question-answering head (a start and an end logit per token)")
     label_names: Optional[list] = setting(None, "names of the classifier's labels or tags in id order (Hugging Face id2label)")
-    classifier: str = setting("pooled", "classification head: pooled (a linear layer on the pooler, BERT/ALBERT) or dense (dense + activation + linear on the first token, RoBERTa/ELECTRA)")
+    classifier: str = setting("pooled", "classification head: pooled (a linear layer on the pooler, BERT/ALBERT), dense (dense + activation + linear on the first token, RoBERTa/ELECTRA) or last (the same on the last token, XLNet's sequence summary)")
     init_std: float = setting(0.02, "standard deviation of the initial weights")
     scale_residual_init: bool = setting(True, "shrink output projections' init by 1/sqrt(2 n_layers) (GPT-2)")
     init_scheme: str = setting("normal", "initial weights: normal (N(0, init_std), GPT-2/BERT) or t5 (unit embeddings, fan-in scaled projections, as T5)")
@@ -80,7 +87,10 @@ class ModelConfig:
             (self.stack in STACKS, f"stack must be one of {', '.join(STACKS)}"),
             (0 <= self.share_layers <= self.n_layers, "share_layers must be between 0 and n_layers"),
             (not self.nsp_head or self.pooler, "nsp_head needs the pooler"),
-            (self.classifier in ("pooled", "dense"), "classifier must be pooled or dense"),
+            (self.classifier in CLASSIFIERS, f"classifier must be one of {', '.join(CLASSIFIERS)}"),
+            (self.attention_type in ("bi", "uni"), "attention_type must be bi or uni"),
+            (self.position == "relative_sinusoidal" or not (self.query_stream or self.relative_segments),
+             "query_stream and relative_segments need position=relative_sinusoidal"),
             (self.init_scheme in ("normal", "t5"), "init_scheme must be normal or t5"),
             (not (self.n_labels and self.classifier == "pooled") or self.pooler, "a pooled classifier needs the pooler"),
             (not (self.n_labels and self.n_token_labels), "a model has a sequence classifier or a token classifier, not both"),

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model_config import ModelConfig
-from .positions import apply_rotary
-from .linear import Linear
+from .positions import RelativeAttentionTerms, RelativeContext, apply_rotary
+from .linear import Linear, linear
 
 
 class KVCache:
@@ -56,6 +56,11 @@ class Attention(nn.Module):
             # Queries, keys and values come from one matrix: one matmul per step instead of three.
             self.qkv = Linear(config.d_model, q_width + kv_width, bias=config.attention_bias)
         self.out = Linear(q_width, config.d_model, bias=config.attention_bias)
+        # XLNet: content and position biases, the relative-position projection, segment terms.
+        self.relative = (
+            RelativeAttentionTerms(config.d_model, self.n_heads, self.head_dim, config.relative_segments)
+            if config.position == "relative_sinusoidal" and not cross else None
+        )
         self.dropout = config.attention_dropout
         self.scale = config.attention_scale  # None: 1/sqrt(head_dim)
 
@@ -71,12 +76,20 @@ class Attention(nn.Module):
         layer: int = 0,
         memory: Optional[torch.Tensor] = None,
         tap=None,
+        relative: Optional[RelativeContext] = None,
+        keys_from: Optional[torch.Tensor] = None,
+        target_mapping: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """`layer` is the position in the stack, which names this call's slot in the cache (a
         block shared by several positions keeps one slot per position). `mask` is boolean (True =
         attend) or float (added to the scores: T5's position bias with -inf where masked). `tap`
         (block.py's lens protocol) sees q, k, v (B, n, S, hd, after rotary and the cache), the
-        pattern (B, nh, T, S) and z, each head's output before the output projection (B, nh, T, hd)."""
+        pattern (B, nh, T, S) and z, each head's output before the output projection (B, nh, T, hd).
+
+        XLNet: `relative` carries the stack's relative sinusoids (and segments); `keys_from` (B, S,
+        C) gives the keys and values when they are not x's own (the content stream, after any
+        memory of earlier segments); `target_mapping` (B, M, T) places query stream x's M
+        predictions at their target positions for the attention and gathers them back after."""
         B, T, _ = x.shape
         if self.cross:
             q = self.q(x)
@@ -88,17 +101,22 @@ class Attention(nn.Module):
                     cache.cross[layer] = (k, v)
             q = self._heads(q)
         else:
-            q, k, v = self.qkv(x).split(
-                [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1
-            )
+            q, k, v = self._projections(x, keys_from)
             q = self._heads(q)  # (B, nh, T, hd)
             k, v = self._heads(k), self._heads(v)  # (B, nkv, T, hd)
+            if target_mapping is not None:  # a prediction's query stands at its target's position
+                q = target_mapping.transpose(1, 2)[:, None] @ q  # (B, 1, T, M) @ (B, nh, M, hd)
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # (B, nkv, S, hd), S = cached + T
         if tap is not None:
             q, k, v = tap("q", q), tap("k", k), tap("v", v)
+        if self.relative is not None:  # XLNet: position and segment scores join the mask as a bias
+            scale = self.scale if self.scale is not None else self.head_dim ** -0.5
+            bias = self.relative(q, relative, k.shape[2]) * scale
+            mask = (bias if mask is None else bias + mask).to(q.dtype)  # autocast: SDPA wants q's dtype
+            q = q + self.relative.content_bias[:, None]
         weights = None
         if tap is not None and tap.changes("pattern"):  # an intervention on the pattern: the output comes from it
             weights = tap("pattern", attention_weights(q, k, mask, is_causal, self.scale))
@@ -113,11 +131,29 @@ class Attention(nn.Module):
                 # Captured, not changed: the output still comes from the fused kernel, so a traced
                 # forward gives bitwise the logits of a plain one.
                 tap("pattern", attention_weights(q, k, mask, is_causal, self.scale))
+        if target_mapping is not None:
+            y = target_mapping[:, None] @ y  # (B, nh, M, hd): back to the predictions
         if tap is not None:
             y = tap("z", y)
-        return self._output(y, B, T), weights
+        return self._output(y, B, y.shape[2]), weights
+
+    def _projections(self, x: torch.Tensor, keys_from: Optional[torch.Tensor]):
+        """Queries from x; keys and values from x too, or from `keys_from` (XLNet's streams)."""
+        widths = [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim]
+        if keys_from is None:
+            return self.qkv(x).split(widths, dim=-1)
+        weight, bias = self.qkv.weight.split([widths[0], widths[1] + widths[2]]), self.qkv.bias
+        biases = bias.split([widths[0], widths[1] + widths[2]]) if bias is not None else (None, None)
+        q = linear(x, weight[0], biases[0])
+        return (q, *linear(keys_from, weight[1], biases[1]).split(widths[1:], dim=-1))
 
     def _fused(self, q, k, v, mask, is_causal) -> torch.Tensor:
+        if self.relative is not None and mask.requires_grad:
+            # XLNet while training: a learned float mask sends SDPA to its generic path, whose
+            # NaN-safe softmax costs more than the plain product; the explicit form is the same math.
+            weights = attention_weights(q, k, mask, is_causal, self.scale)
+            weights = F.dropout(weights, self.dropout, self.training) if self.dropout > 0 else weights
+            return weights @ repeat_kv(v, q.shape[1] // v.shape[1])
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
             scale=self.scale, enable_gqa=self.n_kv_heads != self.n_heads)

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..model_config import ModelConfig
 from .attention import Attention, KVCache
+from .positions import RelativeContext
 from .feedforward import FeedForward
 from .norms import make_norm
 
@@ -48,21 +49,29 @@ class Block(nn.Module):
         memory: Optional[torch.Tensor] = None,
         memory_mask: Optional[torch.Tensor] = None,
         tap=None,
+        relative: Optional[RelativeContext] = None,
+        keys_from: Optional[torch.Tensor] = None,
+        target_mapping: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """`tap`, when a lens is attached (lens/points.py), is called as `tap(name, tensor)` at each
         named point and returns the tensor to carry on with (the same one, or a replacement);
         `tap.child("attn")` names the points inside a sublayer, and `tap.wants(name)` /
         `tap.changes(name)` say whether a point is captured / intervened on. The residual stream
         is `resid_pre`, then `resid_mid` after attention (`resid_mid_cross` after cross-attention),
-        then `resid_post`; sublayer outputs are `attn_out`, `cross_attn_out` and `ff_out`."""
+        then `resid_post`; sublayer outputs are `attn_out`, `cross_attn_out` and `ff_out`.
+
+        XLNet's options pass through to the attention (see Attention.forward). Its query stream is
+        this same block run on the query vectors with `keys_from` set to the content stream: the
+        two streams share every weight and differ only in where their queries come from."""
         if tap is None:
             attn_tap = cross_tap = ff_tap = None
         else:
             x = tap("resid_pre", x)
             attn_tap, cross_tap, ff_tap = tap.child("attn"), tap.child("cross_attn"), tap.child("ff")
+        streams = dict(relative=relative, keys_from=keys_from, target_mapping=target_mapping)
         if self.pre_norm:
             a, weights = self.attn(self.attn_norm(x), mask=mask, is_causal=is_causal, rotary=rotary, cache=cache,
-                                   need_weights=need_weights, layer=layer, tap=attn_tap)
+                                   need_weights=need_weights, layer=layer, tap=attn_tap, **streams)
             x = _seen(tap, "resid_mid", x + self._drop(_seen(tap, "attn_out", a)))
             if self.cross:
                 c, _ = self.cross_attn(self.cross_norm(x), mask=memory_mask, cache=cache, layer=layer, memory=memory,
@@ -71,7 +80,7 @@ class Block(nn.Module):
             f = _seen(tap, "ff_out", self.ff(self.ff_norm(x), tap=ff_tap))
             return _seen(tap, "resid_post", x + self._drop(f)), weights
         a, weights = self.attn(x, mask=mask, is_causal=is_causal, rotary=rotary, cache=cache, need_weights=need_weights,
-                               layer=layer, tap=attn_tap)
+                               layer=layer, tap=attn_tap, **streams)
         x = _seen(tap, "resid_mid", self.attn_norm(x + self._drop(_seen(tap, "attn_out", a))))
         if self.cross:
             c, _ = self.cross_attn(x, mask=memory_mask, cache=cache, layer=layer, memory=memory, tap=cross_tap)

@@ -1,10 +1,15 @@
-"""Position information: added to the embeddings (learned, sinusoidal) or rotated into q/k (RoPE)."""
+"""Position information: added to the embeddings (learned, sinusoidal), rotated into q/k (RoPE), or
+added to the attention scores (T5's relative buckets, XLNet's relative sinusoids)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
+
+from .linear import Linear
 
 
 class AbsolutePositions(nn.Module):
@@ -93,3 +98,63 @@ class RelativePositionBias(nn.Module):
         queries = torch.arange(past, past + n_queries, device=device)[:, None]
         keys = torch.arange(n_keys, device=device)[None, :]
         return self.weight[self.bucket(keys - queries)].permute(2, 0, 1).unsqueeze(0)
+
+
+def relative_sinusoids(n_queries: int, n_keys: int, dim: int, bidirectional: bool, clamp: int, device) -> torch.Tensor:
+    """XLNet's (Transformer-XL's) position vectors, one per relative offset, largest first: offsets
+    n_keys .. -n_queries + 1 (bidirectional) or n_keys .. 0 (unidirectional), each [sin | cos] of
+    offset x 10000^(-2i/dim) (halves side by side, not interleaved). (R, dim)."""
+    inv_freq = 1 / torch.pow(10000, torch.arange(0, dim, 2, device=device).float() / dim)
+    end = -n_queries if bidirectional else -1
+    offsets = torch.arange(n_keys, end, -1, device=device).float()
+    if clamp > 0:
+        offsets = offsets.clamp(-clamp, clamp)
+    angles = offsets[:, None] * inv_freq
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def relative_shift(scores: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """(B, nh, T, R) scores of each query against every relative offset -> (B, nh, T, n_keys)
+    against every key: Transformer-XL's reshape trick, which moves row i left by T - i so that
+    column j holds the offset of key j from query i."""
+    B, n, T, R = scores.shape
+    shifted = scores.reshape(B, n, R, T)[:, :, 1:].reshape(B, n, T, R - 1)
+    return shifted[..., :n_keys]
+
+
+@dataclass
+class RelativeContext:
+    """What every layer's RelativeAttentionTerms read in one forward, computed once by the stack."""
+
+    sinusoids: torch.Tensor  # (R, C): relative_sinusoids of this forward's lengths
+    different_segment: Optional[torch.Tensor] = None  # (B, T, S) bool: key j in another segment than query i
+
+
+class RelativeAttentionTerms(nn.Module):
+    """XLNet's per-layer additions to a head's score of query i on key j (Yang et al. 2019, after
+    Transformer-XL): the content bias r_w added to every query, a position term
+    (q_i + r_r) . W_r p(i - j) from the relative sinusoids, and, with segments, a term
+    (q_i + r_s) . s_same/different telling whether i and j sit in the same segment (so a model
+    is not tied to two segments)."""
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, segments: bool) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.pos = Linear(d_model, n_heads * head_dim, bias=False)
+        self.content_bias = nn.Parameter(torch.zeros(n_heads, head_dim))
+        self.position_bias = nn.Parameter(torch.zeros(n_heads, head_dim))
+        if segments:
+            self.segment_bias = nn.Parameter(torch.zeros(n_heads, head_dim))
+            self.segment_embed = nn.Parameter(torch.zeros(2, n_heads, head_dim))
+        self.segments = segments
+
+    def forward(self, q: torch.Tensor, context: RelativeContext, n_keys: int) -> torch.Tensor:
+        """q (B, nh, T, hd) before any bias -> the position (+ segment) scores (B, nh, T, n_keys),
+        before the 1/sqrt(hd) scale."""
+        different_segment = context.different_segment
+        r = self.pos(context.sinusoids).view(-1, self.n_heads, self.head_dim).permute(1, 2, 0)  # (nh, hd, R)
+        scores = relative_shift((q + self.position_bias[:, None]) @ r, n_keys)
+        if self.segments and different_segment is not None:
+            per_kind = (q + self.segment_bias[:, None]) @ self.segment_embed.permute(1, 2, 0)  # (B, nh, T, 2)
+            scores = scores + torch.where(different_segment[:, None], per_kind[..., 1:], per_kind[..., :1])
+        return scores

@@ -29,9 +29,10 @@ INNER_MODELS = ("discriminator", "generator")
 
 # Embedding parts of a stack. The tables are what parameter counts call "embeddings" and what the
 # ELECTRA pair shares (with the norm); the norm and the projection (ALBERT, ELECTRA: embedding
-# width -> d_model) are still embeddings for freezing and layer decay.
+# width -> d_model) are still embeddings for freezing and layer decay, and so is XLNet's mask_emb
+# (the learned vector its query stream starts from).
 EMBEDDING_TABLES = ("tok_embed", "positions", "token_types")
-EMBEDDINGS = EMBEDDING_TABLES + ("embed_norm", "embed_proj")
+EMBEDDINGS = EMBEDDING_TABLES + ("embed_norm", "embed_proj", "mask_emb")
 
 # Every parameter-holding attribute of a TransformerStack -> its kind. (`rotary` holds only
 # non-persistent buffers, so no parameter name starts with it.)

@@ -1,7 +1,7 @@
 """A bidirectional stack with the BERT family's optional heads: MLM, pooler, next-sentence."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,14 +42,22 @@ class EncoderModel(nn.Module):
         position_ids: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        perm_mask: Optional[torch.Tensor] = None,
+        target_mapping: Optional[torch.Tensor] = None,
+        mems: Optional[Sequence[torch.Tensor]] = None,
+        use_mems: bool = False,
     ) -> ModelOutput:
-        x, hidden, attentions = self.stack(
+        """XLNet's `perm_mask`, `target_mapping`, `mems` and `use_mems`: see TransformerStack.run;
+        with a target_mapping the heads read the query stream, one row per prediction."""
+        out = self.stack.run(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, token_type_ids=token_type_ids,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            perm_mask=perm_mask, target_mapping=target_mapping, mems=mems, use_mems=use_mems,
         )
+        x, hidden, attentions = out.last, out.hidden, out.attentions
         pooled = self.pooler(x) if self.pooler is not None else None
         if self.classifier is not None:
-            logits = self.classifier(x, pooled)
+            logits = self.classifier(x, pooled, attention_mask)
         elif self.token_classifier is not None:
             logits = self.token_classifier(x)  # (B, T, n_token_labels)
         elif self.qa_head is not None:
@@ -64,6 +72,7 @@ class EncoderModel(nn.Module):
             logits=logits,
             hidden_states=hidden, attentions=attentions, last_hidden_state=x, pooled=pooled,
             nsp_logits=self.nsp_head(pooled) if self.nsp_head is not None else None,
+            query_hidden_states=out.query_hidden, mems=out.mems,
         )
 
     def parameter_counts(self) -> dict[str, int]:

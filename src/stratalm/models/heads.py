@@ -15,14 +15,17 @@ from ..model_config import ModelConfig
 
 class MaskedLMHead(nn.Module):
     """BERT's MLM head: dense -> activation -> norm -> decoder (tied to the embeddings) + bias.
-    With factorised embeddings (ALBERT, ELECTRA's generator) the dense layer narrows to their width."""
+    With factorised embeddings (ALBERT, ELECTRA's generator) the dense layer narrows to their width.
+    Without `mlm_transform` (XLNet's lm_loss) only the decoder and its bias remain."""
 
     def __init__(self, config: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
         width = config.embed_width
-        self.dense = Linear(config.d_model, width)
-        self.act = activation_fn(config.activation)
-        self.norm = make_norm(config.norm, width, config.norm_eps, config.norm_bias)
+        self.transform = config.mlm_transform
+        if self.transform:
+            self.dense = Linear(config.d_model, width)
+            self.act = activation_fn(config.activation)
+            self.norm = make_norm(config.norm, width, config.norm_eps, config.norm_bias)
         self.decoder = Linear(width, config.vocab_size, bias=False, device="meta" if config.tie_embeddings else None)
         if config.tie_embeddings:
             self.decoder.weight = embedding.weight
@@ -30,7 +33,9 @@ class MaskedLMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # The bias goes into the product (one addmm), not a second pass over the (B, T, V) logits.
-        return linear(self.norm(self.act(self.dense(hidden))), self.decoder.weight, self.bias)  # (B, T, V)
+        if self.transform:
+            hidden = self.norm(self.act(self.dense(hidden)))
+        return linear(hidden, self.decoder.weight, self.bias)  # (B, T, V)
 
 
 class Pooler(nn.Module):
@@ -84,17 +89,26 @@ class SpanQAHead(nn.Module):
 
 class ClassificationHead(nn.Module):
     """Sequence classification from the first token: `dense -> activation -> out` (RoBERTa,
-    ELECTRA), or just `out` on the pooler's vector (BERT, ALBERT; the pooler already has its dense)."""
+    ELECTRA), or just `out` on the pooler's vector (BERT, ALBERT; the pooler already has its dense).
+    `last` is the dense form on the last real token (XLNet's sequence summary: its <cls> ends the
+    input). transformers reads the last position, which is the same under the left padding of
+    XLNet's tokenizer; reading the last real one keeps right-padded batches (the tasks') right too."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.dense = Linear(config.d_model, config.d_model) if config.classifier == "dense" else None
+        self.dense = Linear(config.d_model, config.d_model) if config.classifier in ("dense", "last") else None
+        self.token = -1 if config.classifier == "last" else 0
         self.act = activation_fn(config.classifier_activation or config.activation)
         self.out = Linear(config.d_model, config.n_labels)
         self.dropout = config.dropout
 
-    def forward(self, hidden: torch.Tensor, pooled: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, pooled: Optional[torch.Tensor],
+                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         drop = lambda t: F.dropout(t, self.dropout, self.training)  # noqa: E731
         if self.dense is None:
             return self.out(drop(pooled))  # (B, n_labels)
-        return self.out(drop(self.act(self.dense(drop(hidden[:, 0])))))
+        if self.token == -1 and attention_mask is not None:  # the running count of real tokens peaks first there
+            summary_token = hidden[torch.arange(len(hidden)), attention_mask.long().cumsum(1).argmax(1)]
+        else:
+            summary_token = hidden[:, self.token]
+        return self.out(drop(self.act(self.dense(drop(summary_token)))))

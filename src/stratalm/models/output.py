@@ -21,6 +21,8 @@ class ModelOutput:
     encoder_hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # encoder-decoder, when asked
     rtd_logits: Optional[torch.Tensor] = None  # (B, T): ELECTRA pretraining, the discriminator's "replaced?" logits
     rtd_labels: Optional[torch.Tensor] = None  # (B, T): 1 where the generator's sample differs from the original
+    query_hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # XLNet: the query stream's, (B, M, C) each
+    mems: Optional[tuple[torch.Tensor, ...]] = None  # XLNet with use_mems: per layer, (B, P, C) for the next segment
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -2,16 +2,27 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AbsolutePositions, Block, KVCache, Linear, RelativePositionBias, RotaryEmbedding, make_norm
+from ..layers.positions import RelativeContext, relative_sinusoids
 from ..model_config import ModelConfig
 from .anatomy import init_role
-from .masks import add_position_bias, attention_mask_for
+from .masks import add_position_bias, attention_mask_for, two_stream_masks
+
+
+@dataclass
+class StackOutput:
+    last: torch.Tensor  # (B, T, C) what the heads read; XLNet with a target_mapping: the query stream's (B, M, C)
+    hidden: Optional[tuple] = None  # embedding output, then one per layer (the content stream)
+    attentions: Optional[tuple] = None  # (B, nh, T, S) per layer (the content stream)
+    query_hidden: Optional[tuple] = None  # XLNet: the query stream's start, then one per layer (B, M, C)
+    mems: Optional[tuple] = None  # XLNet with use_mems: per layer, the states the next segment attends to
 
 
 class TransformerStack(nn.Module):
@@ -39,6 +50,9 @@ class TransformerStack(nn.Module):
             RelativePositionBias(config.relative_buckets, config.relative_max_distance, config.n_heads, not causal)
             if config.position == "relative_buckets" else None
         )
+        # XLNet: relative sinusoids computed per forward (no table); the query stream's learned start.
+        self.relative_positions = config.position == "relative_sinusoidal"
+        self.mask_emb = nn.Embedding(1, config.d_model) if config.query_stream else None
         self.blocks = nn.ModuleList(Block(config, cross) for _ in range(config.n_blocks))
         # Which block runs at each depth: itself, or (ALBERT) its group's shared block.
         self.layer_plan = [i * config.n_blocks // config.n_layers for i in range(config.n_layers)]
@@ -50,7 +64,12 @@ class TransformerStack(nn.Module):
         # costs one attribute read per forward.
         self.tap = None
 
-    def forward(
+    def forward(self, input_ids: torch.Tensor, **inputs) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
+        """(last hidden states, hidden states when asked, attentions when asked); see `run`."""
+        out = self.run(input_ids, **inputs)
+        return out.last, out.hidden, out.attentions
+
+    def run(
         self,
         input_ids: torch.Tensor,
         *,
@@ -62,7 +81,16 @@ class TransformerStack(nn.Module):
         token_type_ids: Optional[torch.Tensor] = None,
         memory: Optional[torch.Tensor] = None,
         memory_mask: Optional[torch.Tensor] = None,
-    ) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
+        perm_mask: Optional[torch.Tensor] = None,
+        target_mapping: Optional[torch.Tensor] = None,
+        mems: Optional[Sequence[torch.Tensor]] = None,
+        use_mems: bool = False,
+    ) -> StackOutput:
+        """XLNet (position=relative_sinusoidal) also takes `perm_mask` (B, T, T; 1 = query i may
+        not see token j), `target_mapping` (B, M, T; one-hot rows: which token each of M
+        predictions is for), which runs the query stream and makes it the output, and `mems`, one
+        (B, P, C) tensor per layer: the hidden states of earlier segments, prepended to the keys
+        and values. `use_mems` returns this segment's for the next one."""
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
@@ -75,25 +103,47 @@ class TransformerStack(nn.Module):
             x = x + self.token_types(types)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        if self.config.dropout > 0:
-            x = F.dropout(x, self.config.dropout, self.training)
+        x = self._drop(x)
         if self.embed_proj is not None:
             x = self.embed_proj(x)  # (B, T, embedding_dim) -> (B, T, C)
         tap = self.tap
         if tap is not None:
             x = tap("embed", x)
         rotary = self.rotary.tables(position_ids) if self.rotary is not None else None
-        mask, is_causal = attention_mask_for(attention_mask, T, past + T, self.causal, input_ids.device)
+        relative = query = query_mask = None
+        if self.relative_positions:
+            n_past = mems[0].shape[1] if mems else 0
+            mask, query_mask = two_stream_masks(attention_mask, perm_mask, T, n_past,
+                                                self.config.attention_type == "uni", input_ids.device)
+            is_causal = False
+            relative = self.relative_context(T, n_past, token_type_ids, x.dtype)
+            if target_mapping is not None:  # the query stream starts from mask_emb at every prediction
+                query = self._drop(self.mask_emb.weight.expand(B, target_mapping.shape[1], -1))
+        else:
+            mask, is_causal = attention_mask_for(attention_mask, T, past + T, self.causal, input_ids.device)
         if self.rel_bias is not None:
             mask, is_causal = add_position_bias(mask, is_causal, self.rel_bias(T, past + T, past)), False
         if memory is not None:
             memory_mask, _ = attention_mask_for(memory_mask, T, memory.shape[1], False, input_ids.device)
 
         hidden, attentions = ([x] if output_hidden_states else None), ([] if output_attentions else None)
+        query_hidden = [query] if output_hidden_states and query is not None else None
+        new_mems = [] if use_mems else None
         for layer, index in enumerate(self.layer_plan):
-            x, weights = self.blocks[index](
+            block = self.blocks[index]
+            past_states = mems[layer] if mems else None
+            keys_from = None if past_states is None else torch.cat([past_states, x], dim=1)  # (B, P + T, C)
+            if new_mems is not None:
+                new_mems.append(self.keep_memory(x, past_states))
+            if query is not None:  # before the content stream moves on: its keys are this layer's input
+                query, _ = block(query, mask=query_mask, layer=layer, relative=relative,
+                                 keys_from=x if keys_from is None else keys_from, target_mapping=target_mapping)
+                if query_hidden is not None:
+                    query_hidden.append(query)
+            x, weights = block(
                 x, mask=mask, is_causal=is_causal, rotary=rotary, cache=cache, need_weights=output_attentions,
                 layer=layer, memory=memory, memory_mask=memory_mask, tap=tap.child(f"blocks.{layer}") if tap else None,
+                relative=relative, keys_from=keys_from,
             )
             if hidden is not None:
                 hidden.append(x)
@@ -107,7 +157,30 @@ class TransformerStack(nn.Module):
                 x = tap("final_norm", x)
             if hidden is not None:
                 hidden[-1] = x  # the last hidden state is the normed one, as in transformers
-        return x, (tuple(hidden) if hidden is not None else None), (tuple(attentions) if attentions is not None else None)
+        as_tuple = lambda items: tuple(items) if items is not None else None  # noqa: E731
+        return StackOutput(x if query is None else query, as_tuple(hidden), as_tuple(attentions),
+                           as_tuple(query_hidden), as_tuple(new_mems))
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.config.dropout, self.training) if self.config.dropout > 0 else x
+
+    def relative_context(self, n_queries: int, n_past: int, token_type_ids: Optional[torch.Tensor], dtype) -> RelativeContext:
+        """XLNet: the relative sinusoids of this forward's lengths and, when token types are given,
+        which keys lie in another segment than each query (memory counts as segment 0)."""
+        c = self.config
+        sinusoids = relative_sinusoids(n_queries, n_past + n_queries, c.d_model, c.attention_type == "bi",
+                                       c.relative_clamp, self.tok_embed.weight.device)
+        different = None
+        if token_type_ids is not None and c.relative_segments:
+            keys = F.pad(token_type_ids, (n_past, 0))  # (B, S)
+            different = token_type_ids[:, :, None] != keys[:, None, :]  # (B, T, S)
+        return RelativeContext(self._drop(sinusoids.to(dtype)), different)
+
+    def keep_memory(self, states: torch.Tensor, past: Optional[torch.Tensor]) -> torch.Tensor:
+        """XLNet: the states a layer reads, after any older ones, cut to the last mem_len (0 = all);
+        no gradient flows into a later segment through them."""
+        kept = states if past is None else torch.cat([past, states], dim=1)
+        return (kept[:, -self.config.mem_len:] if self.config.mem_len else kept).detach()
 
     def default_positions(self, input_ids: torch.Tensor, past: int) -> torch.Tensor:
         """0, 1, 2, ... after any cached tokens; with padding_positions (RoBERTa), real tokens count

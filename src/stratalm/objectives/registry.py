@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..config_fields import did_you_mean
 from ..errors import ConfigError
 from ..tokenize import Tokenizer
 from .base import Objective
@@ -10,6 +11,7 @@ from .clm import CausalLMObjective
 from .mixture import Mixture
 from .mlm import MaskedLMObjective
 from .pairs import SentencePairObjective
+from .plm import PermutationLMObjective
 from .rtd import ReplacedTokenObjective
 from .simcse import ContrastiveObjective
 from .span import SpanCorruptionObjective
@@ -18,6 +20,7 @@ from .span import SpanCorruptionObjective
 OBJECTIVES: dict[str, tuple[type[Objective], Optional[str]]] = {
     "clm": (CausalLMObjective, None), "mlm": (MaskedLMObjective, "mlm"), "span": (SpanCorruptionObjective, None),
     "rtd": (ReplacedTokenObjective, "rtd"), "simcse": (ContrastiveObjective, "simcse"),
+    "plm": (PermutationLMObjective, None),
 }
 # Sentence-pair objectives, alone or with masking of the same inputs: name -> (kind, with_mlm)
 PAIRS = {"nsp": ("nsp", False), "sop": ("sop", False), "mlm+nsp": ("nsp", True), "mlm+sop": ("sop", True)}
@@ -36,7 +39,7 @@ def _single(name: str, tokenizer: Optional[Tokenizer], options: Any) -> Objectiv
         kind, with_mlm = PAIRS[name]
         return SentencePairObjective(tokenizer, _section(options, "mlm"), with_mlm=with_mlm, kind=kind)
     if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective '{name}'; choose one of: {', '.join([*OBJECTIVES, *PAIRS])}, "
+        raise ConfigError(f"unknown objective '{name}'{did_you_mean(name, [*OBJECTIVES, *PAIRS])}; choose one of: {', '.join([*OBJECTIVES, *PAIRS])}, "
                           f"or a mixture such as mlm+simcse:0.1.")
     cls, section = OBJECTIVES[name]
     return cls(tokenizer, _section(options, section))
