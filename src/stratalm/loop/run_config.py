@@ -31,7 +31,7 @@ class LensDynamicsConfig:
 class RunConfig:
     data: str = setting("", "prepared data folder (from `stratalm prepare`)")
     out: str = setting("", "output folder: checkpoint, metrics.jsonl, run.yaml")
-    objective: str = setting("clm", "pretraining objective: clm, mlm, nsp, sop, mlm+nsp, mlm+sop, rtd, span, simcse, "
+    objective: str = setting("clm", "pretraining objective: clm, mlm, nsp, sop, mlm+nsp, mlm+sop, rtd, span, simcse, plm (XLNet), "
                                     "or a weighted mixture such as mlm+simcse:0.1")
     model: dict = setting({}, "model.preset (a preset name or checkpoint folder) and ModelConfig fields to override")
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
