@@ -2,8 +2,9 @@
 (weights.py), the native format (native.py), the Hugging Face format (hf.py) and training state
 (training.py). `load` and `save` (also `stratalm.load` / `stratalm.save`) dispatch between formats.
 
-A folder written by a LoRA fine-tuning run holds the base weights plus adapter.safetensors; `load`
-applies the adapter, so every loader sees the fine-tuned model, never the bare base.
+A folder written by a LoRA fine-tuning run holds adapter.safetensors and either refers to its base
+(base_reference.py: read from there, checked by its sha256) or holds a copy of the base's weights;
+`load` applies the adapter, so every loader sees the fine-tuned model, never the bare base.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..models.lora import has_adapter, load_adapter, merge_lora
+from .base_reference import base_reference, load_on_base, verified_base
 from .native import CONFIG, TOKENIZER, WEIGHTS, load_native, read_config, save_native
 from .transaction import COMMITTED, PENDING, commit_files, pending_folder, recover
 
@@ -35,7 +37,10 @@ def load(path: str, device: str = "cpu", adapter: str = "merge") -> torch.nn.Mod
     if os.path.isdir(path):
         recover(path)
     raw = read_config(path)
-    if "stratalm_version" in raw:
+    reference = base_reference(path) if has_adapter(path) else None
+    if reference is not None:  # a LoRA folder without the base's weights: read them from the base itself
+        model = load_on_base(path, load(verified_base(path, reference)))
+    elif "stratalm_version" in raw:
         model = load_native(path)
     else:
         from .hf import load_hf  # transformers folders are the rarer case; keep its imports off the common path

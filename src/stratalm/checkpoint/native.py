@@ -22,9 +22,17 @@ from .weights import load_state_into, model_state, release_weights
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
 
-def write_model_files(model: torch.nn.Module, folder: str, metadata: Optional[dict[str, str]] = None) -> None:
-    save_file({k: v.cpu() for k, v in model_state(model).items()}, os.path.join(folder, WEIGHTS),
+def write_model_files(model: torch.nn.Module, folder: str, metadata: Optional[dict[str, str]] = None,
+                      weights: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """model.safetensors (`weights`, or every weight of `model`), config.json and tokenizer.json."""
+    weights = model_state(model) if weights is None else weights
+    save_file({k: v.cpu() for k, v in weights.items()}, os.path.join(folder, WEIGHTS),
               metadata={"format": "pt", **(metadata or {})})
+    write_model_description(model, folder)
+
+
+def write_model_description(model: torch.nn.Module, folder: str) -> None:
+    """config.json and tokenizer.json: all of a folder but its weights."""
     config = {"stratalm_version": __version__, "architecture": type(model).__name__, **model.config.to_dict()}
     with open(os.path.join(folder, CONFIG), "w") as handle:
         json.dump(config, handle, indent=2)
@@ -89,8 +97,13 @@ def load_native(path: str) -> torch.nn.Module:
     model = build_model(config)
     release_weights(model)
     load_state_into(model, load_weights(path), path, adopt=True)
+    attach_tokenizer(model, path)
+    return model
+
+
+def attach_tokenizer(model: torch.nn.Module, path: str) -> None:
+    """The folder's tokenizer.json as `model.tokenizer` (None when the folder has none)."""
     tokenizer_file = os.path.join(path, TOKENIZER)
     if os.path.isfile(tokenizer_file):
         model.tokenizer = Tokenizer.load(tokenizer_file)
-        check_tokenizer(model.tokenizer, config, path)
-    return model
+        check_tokenizer(model.tokenizer, model.config, path)

@@ -19,9 +19,21 @@ from safetensors.torch import load_file, save_file
 from ..errors import CheckpointError
 from .native import WEIGHTS, load_weights, write_model_files
 from .transaction import commit_files, pending_folder
-from .weights import load_state_into
+from .weights import load_state_into, model_state
 
 TRAINER_STATE, OPTIMIZER = "trainer_state.json", "optimizer.safetensors"
+# A model with this attribute set gets its frozen weights again from its base whenever its run
+# starts (a LoRA fine-tune), so its checkpoints keep only the weights training changes.
+FROZEN_FROM_BASE = "frozen_from_base"
+
+
+def resumable_weights(part: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a training checkpoint keeps of `part` (see FROZEN_FROM_BASE)."""
+    state = model_state(part)
+    if not getattr(part, FROZEN_FROM_BASE, False):
+        return state
+    frozen = {name for name, param in part.named_parameters() if not param.requires_grad}
+    return {name: tensor for name, tensor in state.items() if name not in frozen}
 
 
 def encode_rng(state: torch.Tensor) -> str:
@@ -53,7 +65,7 @@ def save_training_checkpoint(out: str, model: torch.nn.Module, optimizer: torch.
     for name, part in checkpoint_parts(model).items():
         folder = os.path.join(staging, name)
         os.makedirs(folder, exist_ok=True)
-        write_model_files(part, folder, metadata=step)
+        write_model_files(part, folder, metadata=step, weights=resumable_weights(part))
     save_file(optimizer_tensors(optimizer), os.path.join(staging, OPTIMIZER), metadata=step)
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
     with open(os.path.join(staging, TRAINER_STATE), "w") as handle:
@@ -89,7 +101,10 @@ def load_training_checkpoint(out: str, model: torch.nn.Module, optimizer: torch.
         raise CheckpointError(f"checkpoint '{out}' mixes files from different steps ({sorted(steps)}); it cannot be resumed.")
 
     for folder, part in parts.items():
-        load_state_into(part, load_weights(folder), folder)
+        weights = load_weights(folder)
+        if getattr(part, FROZEN_FROM_BASE, False) and set(weights) == set(resumable_weights(part)):
+            weights = {**model_state(part), **weights}  # the frozen ones are the base's already
+        load_state_into(part, weights, folder)
     tensors = load_file(opt_path)
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

@@ -25,8 +25,8 @@ FINETUNE_FLAGS: dict[str, tuple[str, type]] = {
     "layer_decay": ("layer_decay", float), "lora_rank": ("lora_rank", int), "lora_alpha": ("lora_alpha", float),
     "lora_dropout": ("lora_dropout", float), "lora_targets": ("lora_targets", str),
 }
-FINETUNE_SWITCHES = {"freeze_embeddings": "freeze_embeddings", "merge_lora": "merge_lora", "compile": "loop.compile",
-                     "tensorboard": "loop.tensorboard"}
+FINETUNE_SWITCHES = {"freeze_embeddings": "freeze_embeddings", "merge_lora": "merge_lora", "lora_copy_base": "lora_copy_base",
+                     "compile": "loop.compile", "tensorboard": "loop.tensorboard"}
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -76,9 +76,8 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def add_parsers(sub) -> None:
-    from ..config_fields import field_help
     from ..tasks import all_options, task_names
-    from ..tasks.finetune_config import FinetuneConfig, finetune_config_help
+    from ..tasks.finetune_config import finetune_config_help, finetune_field_help
     from ..tasks.options import Option
 
     def task_flags(p: argparse.ArgumentParser) -> None:
@@ -97,9 +96,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", help="YAML file with config keys (see below); flags and key=value overrides win")
     for name, (key, kind) in FINETUNE_FLAGS.items():
         if name not in ("task", "model", "train", "dev", "out"):
-            p.add_argument(Option.flag(name), type=kind, help=f"same as {key}: {field_help(FinetuneConfig(), key)}")
+            p.add_argument(Option.flag(name), type=kind, help=f"same as {key}: {finetune_field_help(key)}")
     for name, key in FINETUNE_SWITCHES.items():
-        p.add_argument(Option.flag(name), action="store_true", help=f"same as {key}=true: {field_help(FinetuneConfig(), key)}")
+        p.add_argument(Option.flag(name), action="store_true", help=f"same as {key}=true: {finetune_field_help(key)}")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar (loop.progress=false)")
@@ -111,9 +110,13 @@ def add_parsers(sub) -> None:
                              ("predict", _predict, "write a fine-tuned model's predictions as JSON lines")]:
         p = sub.add_parser(name, help=text)
         p.add_argument("--model", required=True, help="a fine-tuned folder (the --out of stratalm finetune)")
-        p.add_argument("--data", required=True, help="data file in the task's format")
         if name == "predict":
-            p.add_argument("--out", help="JSONL file to write (default: standard output)")
+            p.add_argument("--data", required=True, help="data file in the task's format, labels optional; "
+                           "classification also reads a .txt file: one input per line (a pair: two texts and a tab)")
+            p.add_argument("--out", help="JSONL file to write (default: standard output); classification writes "
+                                         "label, score, text (and pair) and probabilities (label -> probability)")
+        else:
+            p.add_argument("--data", required=True, help="labelled data file in the task's format")
         p.add_argument("--batch-size", type=int, default=64)
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
         task_flags(p)

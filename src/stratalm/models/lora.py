@@ -6,10 +6,11 @@ fuses q/k/v into one `qkv` matrix (and gate/up into one `up`), so an adapter cov
 projection only: adapting q and v of a fused qkv leaves the k rows exactly as they were, as LoRA on
 separate q_proj/v_proj matrices would. B starts at zero, so training starts from the base model.
 
-Adapters are saved apart from the base weights (adapter.safetensors + adapter_config.json) and can
-be merged into them (`merge_lora`, or tasks/folder.py's folder-level `merge`), after which the
-model is a plain model again, with the same outputs. Loading a folder (checkpoint.load) applies
-its adapter, so no loader sees the bare base.
+Adapters are saved apart from the base weights (adapter.safetensors + adapter_config.json, which
+may name the base instead of a copy of it: checkpoint/base_reference.py) and can be merged into
+them (`merge_lora`, or tasks/folder.py's folder-level `merge`), after which the model is a plain
+model again, with the same outputs. Loading a folder (checkpoint.load) applies its adapter, so no
+loader sees the bare base.
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -190,26 +192,52 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if ".lora_" in n}
 
 
-def save_adapter(model: nn.Module, folder: str, config: LoraConfig) -> None:
-    save_file(adapter_state(model), os.path.join(folder, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+def save_adapter(model: nn.Module, folder: str, config: LoraConfig, weights: Optional[dict[str, torch.Tensor]] = None,
+                 extra: Optional[dict[str, Any]] = None) -> None:
+    """adapter.safetensors (the adapters, plus `weights`: those the folder keeps besides them, as
+    PEFT keeps `modules_to_save`) and adapter_config.json (the LoRA settings, plus `extra` keys)."""
+    tensors = {**adapter_state(model), **{k: v.detach().cpu().contiguous() for k, v in (weights or {}).items()}}
+    save_file(tensors, os.path.join(folder, ADAPTER_WEIGHTS), metadata={"format": "pt"})
     with open(os.path.join(folder, ADAPTER_CONFIG), "w") as handle:
-        json.dump({**asdict(config), "targets": list(config.targets)}, handle, indent=2)
+        json.dump({**asdict(config), "targets": list(config.targets), **(extra or {})}, handle, indent=2)
 
 
 def has_adapter(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG))
 
 
-def load_adapter(model: nn.Module, folder: str) -> LoraConfig:
-    """Wrap `model` as the saved adapter config says and load the adapter weights into it."""
+def _corrupt(folder: str, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"the LoRA adapter in '{folder}' is missing or corrupt ({str(exc)[:80]}).")
+
+
+def read_adapter_config(folder: str) -> dict[str, Any]:
     try:
         with open(os.path.join(folder, ADAPTER_CONFIG)) as handle:
             values = json.load(handle)
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise _corrupt(folder, exc) from None
+    return values
+
+
+def read_adapter_tensors(folder: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(os.path.join(folder, ADAPTER_WEIGHTS))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise _corrupt(folder, exc) from None
+
+
+def load_adapter(model: nn.Module, folder: str) -> LoraConfig:
+    """Wrap `model` as the saved adapter config says and load the adapter weights into it (the
+    other weights adapter.safetensors may hold are the model's own, loaded with it)."""
+    values = read_adapter_config(folder)
+    try:
         config = LoraConfig(rank=int(values["rank"]), alpha=float(values["alpha"]), dropout=float(values["dropout"]),
                             targets=tuple(values["targets"]))
-        tensors = load_file(os.path.join(folder, ADAPTER_WEIGHTS))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"the LoRA adapter in '{folder}' is missing or corrupt ({str(exc)[:80]}).") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _corrupt(folder, exc) from None
+    tensors = {k: v for k, v in read_adapter_tensors(folder).items() if ".lora_" in k}
     add_lora(model, config)
     expected = adapter_state(model)
     if set(expected) != set(tensors) or any(tensors[k].shape != expected[k].shape for k in tensors):

@@ -4,7 +4,8 @@ compile, the schedule, checkpoints and exact resume are the loop's, as in pretra
 
 The output folder DIR holds the best-by-dev weights as a fine-tuned folder (folder.py), run.yaml
 (these settings), metrics.jsonl (`stratalm plot DIR` draws it) and DIR/last/, the training
-checkpoint `--resume` continues from (weights, AdamW state, RNG, best score so far). Data order is
+checkpoint `--resume` continues from (weights, AdamW state, RNG, best score so far; a LoRA run's
+checkpoint keeps only the weights it trains, as its folder refers to the base). Data order is
 a permutation per epoch drawn from the seed, so the step number alone says where the data stands.
 """
 from __future__ import annotations
@@ -17,14 +18,16 @@ from typing import Any, Optional
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..checkpoint.base_reference import reference_to, weights_from_base
+from ..checkpoint.training import FROZEN_FROM_BASE
+from ..errors import CheckpointError, ConfigError, DataError
 from ..loop.recipe import Part, Recipe, scored_per_row
 from ..loop.trainer import Loop, run
 from ..models.lora import add_lora, merged_copy
 from . import task_class
 from .common import model_tokenizer, pad_id_of
 from .folder import save_finetuned
-from .finetune_config import (FINETUNE_LOOP, LOOP_MAY_CHANGE, MAY_CHANGE, FinetuneConfig,  # noqa: F401 (the API)
+from .finetune_config import (FINETUNE_LOOP, LORA_LR, LOOP_MAY_CHANGE, MAY_CHANGE, FinetuneConfig,  # noqa: F401 (the API)
                               build_finetune_config, finetune_config_help, finetune_loop)
 from .partial import freeze, layer_decay_groups, parameter_counts
 
@@ -93,6 +96,7 @@ class FinetuneRecipe(Recipe):
                 if name.split(".")[0] in self.head:
                     param.requires_grad_(True)
         freeze(self.model, self.head, cfg.train_only, cfg.freeze_embeddings, cfg.freeze_layers)
+        self._refer_to_base(base)
         self.counts = parameter_counts(self.model)
         if not self.counts["trainable"]:
             raise ConfigError("these options leave no parameter to train; freeze less.")
@@ -100,6 +104,18 @@ class FinetuneRecipe(Recipe):
             torch.manual_seed(self.loop_cfg.seed + 3 + loop.dist.rank)  # dropout differs between processes
         self.steps_per_epoch = math.ceil(len(self.features) / self.loop_cfg.batch_size)
         self.out = cfg.out
+
+    def _refer_to_base(self, base: torch.nn.Module) -> None:
+        """A LoRA run keeps its frozen weights in the base folder, not in its own: the output folder
+        refers to the base (unless lora_copy_base), and DIR/last/ keeps only the trainable weights,
+        since a resumed run reads the base again in `setup` (checked by its sha256 in `restore`)."""
+        self.base_ref, self.from_base = None, frozenset()
+        if self.lora is None:
+            return
+        self.base_ref = reference_to(self.cfg.model)  # None: a base built from a preset, not read from a folder
+        if self.base_ref is not None:
+            self.from_base = frozenset(weights_from_base(base, self.model))
+            setattr(self.model, FROZEN_FROM_BASE, True)
 
     def total_steps(self) -> int:
         return self.loop_cfg.max_steps or max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
@@ -172,20 +188,27 @@ class FinetuneRecipe(Recipe):
         return {f"val_{k}": v for k, v in scores.items()}, line
 
     def save_best(self, step: int, scores: dict[str, float]) -> None:
-        info = {"max_length": self.max_length, "metric": self.metric, "best_step": step, "dev": scores,
-                "parameters": self.counts, "base_model": self.cfg.model,
+        info = {"max_length": self.max_length, "lr": self.loop_cfg.lr, "metric": self.metric, "best_step": step,
+                "dev": scores, "parameters": self.counts, "base_model": self.cfg.model,
                 "lora": dataclasses.asdict(self.lora) if self.lora else None, "lora_merged": bool(self.lora and self.cfg.merge_lora)}
         if self.lora is not None and self.cfg.merge_lora:
             save_finetuned(self.out, merged_copy(self.model), self.task, info)
+        elif self.base_ref is not None and not self.cfg.lora_copy_base:
+            save_finetuned(self.out, self.model, self.task, info, self.lora, self.base_ref, self.from_base)
         else:
             save_finetuned(self.out, self.model, self.task, info, self.lora)
 
     # -- state and reporting ----------------------------------------------------------------------
     def state(self, step: int) -> dict[str, Any]:
         return {"examples_seen": step * self.loop_cfg.batch_size, "best": self.best, "best_step": self.best_step,
-                "best_scores": self.best_scores, "metric": self.metric}
+                "best_scores": self.best_scores, "metric": self.metric,
+                **({"base_sha256": self.base_ref.sha256} if self.base_ref else {})}
 
     def restore(self, state: dict[str, Any], rngs: dict[str, torch.Tensor]) -> None:
+        if self.base_ref and state.get("base_sha256", self.base_ref.sha256) != self.base_ref.sha256:
+            raise CheckpointError(f"the base model '{self.base_ref.path}' changed since this LoRA run started (its weights' "
+                                  f"sha256 differs), so its checkpoint no longer applies; restore the base, or start "
+                                  f"again with --overwrite.")
         self.best_step, self.best = int(state["best_step"]), float(state["best"])
         self.best_scores = state.get("best_scores", {})
 
@@ -200,7 +223,17 @@ class FinetuneRecipe(Recipe):
         return (f"{self.task.name}: {len(self.features):,} training features, {loop.total_steps:,} steps of "
                 f"{self.loop_cfg.batch_size} on {loop.device}" + (f" x {loop.dist.world_size} processes" if loop.dist.enabled else "")
                 + f"; trainable parameters {counts['trainable']:,} of {counts['total']:,} "
-                f"({100 * counts['trainable'] / counts['total']:.2f}%)")
+                f"({100 * counts['trainable'] / counts['total']:.2f}%); lr {self.loop_cfg.lr:g}" + self._lr_note())
+
+    def _lr_note(self) -> str:
+        """Why a LoRA run has its lr, or a warning: at full fine-tuning's rates the adapters barely move."""
+        if not self.lora:
+            return ""
+        if self.loop_cfg.lr == LORA_LR:
+            return " (LoRA's default; --lr sets another)"
+        if self.loop_cfg.lr <= LORA_LR / 10:
+            return f" (low for LoRA: a short run may stay at chance; LoRA's default is {LORA_LR:g})"
+        return ""
 
     def finish(self, loop: Loop) -> dict[str, Any]:
         if not self.dev and loop.dist.is_main:

@@ -1,8 +1,9 @@
 """The fine-tuned folder: a normal checkpoint folder (config.json, model.safetensors,
 tokenizer.json) plus task.json — the task's name, options and learned state (label names, ...),
-the maximum length, the dev metric that chose the weights, parameter counts — and, for LoRA runs
-that were not merged, adapter.safetensors + adapter_config.json. `evaluate` and `predict` need
-nothing else.
+the maximum length, the learning rate, the dev metric that chose the weights, parameter counts.
+A LoRA run that was not merged writes adapter.safetensors + adapter_config.json instead of
+model.safetensors and refers to its base folder (checkpoint/base_reference.py), unless asked for a
+copy of the base (lora_copy_base). `evaluate` and `predict` need nothing else.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..checkpoint import commit_files, load, pending_folder
-from ..checkpoint.native import write_model_files
+from ..checkpoint import WEIGHTS, commit_files, load, pending_folder
+from ..checkpoint.base_reference import BaseReference
+from ..checkpoint.native import write_model_description, write_model_files
+from ..checkpoint.weights import model_state
 from ..errors import CheckpointError
 from ..models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, merge_lora, save_adapter, without_lora
 from ..version import __version__
@@ -25,25 +28,36 @@ TASK_FILE = "task.json"
 
 
 def save_finetuned(out: str, model: nn.Module, task: Task, info: dict[str, Any],
-                   lora: Optional[LoraConfig] = None) -> None:
-    """Write the model, its task and `info` into `out` as one atomic update. With `lora`, the base
-    weights go to model.safetensors and the adapters to adapter.safetensors."""
+                   lora: Optional[LoraConfig] = None, base: Optional[BaseReference] = None,
+                   from_base: frozenset[str] = frozenset()) -> None:
+    """Write the model, its task and `info` into `out` as one atomic update. With `lora`, the
+    adapters go to adapter.safetensors and the base weights either to model.safetensors (a folder
+    that stands alone) or, given the `base` folder they came from and the names `from_base` of the
+    weights it still provides, nowhere: adapter.safetensors also keeps the weights training changed
+    (the task head) and adapter_config.json names the base."""
     staging = pending_folder(out)
-    if lora is not None:
+    if lora is None:
+        write_model_files(model, staging)
+        stale = [ADAPTER_WEIGHTS, ADAPTER_CONFIG]  # adapters of an earlier save no longer apply
+    elif base is None:
         with without_lora(model):
             write_model_files(model, staging)
         save_adapter(model, staging, lora)
+        stale = []
     else:
-        write_model_files(model, staging)
+        write_model_description(model, staging)
+        with without_lora(model):
+            trained = {name: t for name, t in model_state(model).items() if name not in from_base}
+        save_adapter(model, staging, lora, trained, base.fields())
+        stale = [WEIGHTS]  # a copy of the base from an earlier save
     record = {"task": task.name, "options": task.options, "state": task.state, **info,
               "adapter": lora is not None, "stratalm_version": __version__}
     with open(os.path.join(staging, TASK_FILE), "w") as handle:
         json.dump(record, handle, indent=2)
     commit_files(out)
-    if lora is None:  # adapters of an earlier save no longer apply (task.json says so already)
-        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
+    for name in stale:
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
 
 
 def read_task_file(path: str) -> dict[str, Any]:
