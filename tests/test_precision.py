@@ -31,6 +31,7 @@ def test_cpu_facts_read_the_extensions_from_cpuinfo(monkeypatch, tmp_path):
                     "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\nvendor_id\t: GenuineIntel\n")
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path, *a, **k))
+    monkeypatch.delenv(machine.EXTENSIONS_ENVIRONMENT, raising=False)  # the suite's stand-in extensions
     machine.cpu_facts.cache_clear()
     try:
         facts = machine.cpu_facts()
@@ -93,3 +94,42 @@ def test_a_run_prints_and_saves_what_auto_chose(amx, char_data, tmp_path, monkey
     saved = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())["precision"]
     assert saved["chosen"] == ("bf16" if amx else "fp32") and "AMX" in saved["reason"]
     assert f"precision {saved['chosen']} (auto: " in capsys.readouterr().out
+
+
+def test_the_suite_can_take_the_cpu_to_have_other_extensions(monkeypatch):
+    monkeypatch.setenv(machine.EXTENSIONS_ENVIRONMENT, "avx512f,amx_tile,amx_bf16")
+    assert machine.has_amx() and precision.choose_precision("auto", "cpu")[0] == "bf16"
+    monkeypatch.setenv(machine.EXTENSIONS_ENVIRONMENT, "")
+    assert not machine.has_amx()
+
+
+def test_resume_is_bitwise_within_bf16(char_data, tmp_path, capsys):
+    """Exact resume holds within one precision: a bf16 run stopped after its step-2 checkpoint and
+    resumed ends with the uninterrupted bf16 run's weights, bit for bit (fp32: tests/test_train.py)."""
+    from safetensors.torch import load_file
+
+    from stratalm.config_fields import parse_overrides
+    from stratalm.loop.pretraining import build_run_config, pretrain
+
+    class StopAtStep3:
+        def observe(self, loop):
+            if loop.step == 3:
+                raise RuntimeError("stopped")
+            return {}
+
+    def run(out, observers=()):
+        overrides = parse_overrides(["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32",
+                                     "train.batch_size=4", "train.max_steps=4", "train.save_every=2", "train.eval_every=0",
+                                     "train.eval_windows=4", "train.progress=false", "train.precision=bf16"])
+        return pretrain(build_run_config(None, {**overrides, "data": str(char_data), "out": str(out)}),
+                        resume=True, observers=observers)
+
+    run(tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="stopped"):
+        run(tmp_path / "parts", [StopAtStep3()])
+    capsys.readouterr()
+    run(tmp_path / "parts")
+    assert "resuming from step 2" in capsys.readouterr().out
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(tmp_path / "whole" / name), load_file(tmp_path / "parts" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
