@@ -49,8 +49,8 @@ class EncoderModel(nn.Module):
     ) -> ModelOutput:
         """XLNet's `perm_mask`, `target_mapping`, `mems` and `use_mems`: see TransformerStack.run;
         with a target_mapping the heads read the query stream, one row per prediction."""
-        out = self.stack.run(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids, token_type_ids=token_type_ids,
+        out = self.stack(
+            input_ids, full_output=True, attention_mask=attention_mask, position_ids=position_ids, token_type_ids=token_type_ids,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
             perm_mask=perm_mask, target_mapping=target_mapping, mems=mems, use_mems=use_mems,
         )

@@ -64,10 +64,12 @@ class TransformerStack(nn.Module):
         # costs one attribute read per forward.
         self.tap = None
 
-    def forward(self, input_ids: torch.Tensor, **inputs) -> tuple[torch.Tensor, Optional[tuple], Optional[tuple]]:
-        """(last hidden states, hidden states when asked, attentions when asked); see `run`."""
+    def forward(self, input_ids: torch.Tensor, full_output: bool = False, **inputs):
+        """(last hidden states, hidden states when asked, attentions when asked), or with
+        `full_output` the whole StackOutput (XLNet's query stream and mems too); see `run`. Models
+        call the stack through here, so hooks registered on it see every call."""
         out = self.run(input_ids, **inputs)
-        return out.last, out.hidden, out.attentions
+        return out if full_output else (out.last, out.hidden, out.attentions)
 
     def run(
         self,
