@@ -48,8 +48,14 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-    def run(self, candidate: str) -> None:
-        self.now += self.seconds[candidate]
+    def paths(self, calls: list) -> dict:
+        def path(candidate):
+            def run():
+                calls.append(candidate)
+                self.now += self.seconds[candidate]
+                return candidate
+            return run
+        return {candidate: path(candidate) for candidate in self.seconds}
 
 
 @pytest.mark.parametrize("seconds, expected", [
@@ -57,38 +63,53 @@ class FakeClock:
     ({"plain": 1.0, "transposed": 3.0}, "plain"),
     ({"plain": 1.0, "transposed": 0.95}, "plain"),  # a 5% win is within noise: keep the reference
 ])
-def test_the_chooser_keeps_the_measured_winner(seconds, expected, monkeypatch):
+def test_the_chooser_times_real_calls_in_turn_then_keeps_the_winner(seconds, expected, monkeypatch):
     monkeypatch.delenv("STRATALM_PATHS", raising=False)
     clock = FakeClock(seconds)
-    choice = PathChoice("test", ("plain", "transposed"), timer=clock)
-    calls = []
-
-    def run(candidate):
-        calls.append(candidate)
-        clock.run(candidate)
-
-    assert choice.choose("shape", run) == expected
-    measured = len(calls)
-    assert choice.choose("shape", run) == expected and len(calls) == measured  # measured once per key
-    assert choice.timings["shape"] == pytest.approx(seconds)
+    choice = PathChoice("test", ("plain", "transposed"), trials=3, timer=clock)
+    calls: list = []
+    paths = clock.paths(calls)
+    results = [choice.call("shape", paths) for _ in range(10)]
+    assert calls[:6] == ["plain", "transposed"] * 3  # the trials alternate, each a real call
+    assert calls[6:] == [expected] * 4 and results == calls  # then only the winner runs
+    assert choice.chosen == {"shape": expected}
+    assert choice.timings["shape"] == {k: pytest.approx([v] * 3) for k, v in seconds.items()}
 
 
 def test_the_environment_fixes_a_choice_without_measuring(monkeypatch):
     monkeypatch.setenv("STRATALM_PATHS", "other:x,test:transposed")
     choice = PathChoice("test", ("plain", "transposed"))
-    assert choice.choose("shape", lambda candidate: pytest.fail("measured")) == "transposed"
+    calls: list = []
+    for _ in range(3):
+        choice.call("shape", FakeClock({"plain": 1.0, "transposed": 1.0}).paths(calls))
+    assert calls == ["transposed"] * 3 and not choice.timings
 
 
-def test_linear_measures_each_shape_bucket_once(monkeypatch):
+def test_linear_chooses_once_per_shape_bucket(monkeypatch):
     monkeypatch.delenv("STRATALM_PATHS", raising=False)
     linear.CHOICE.reset()
     layer = Linear(48, 40)
     with torch.no_grad():
-        for rows in (1, 1, 3, 4, 5, 16, 17, 64):
-            layer(torch.randn(rows, 48))
+        for rows in (1, 3, 4, 5, 16, 17, 64):
+            for _ in range(2 * linear.CHOICE.trials):
+                layer(torch.randn(rows, 48))
     assert sorted(key[0] for key in linear.CHOICE.chosen) == [1, 4, 16, 64]
-    assert all(set(t) == {"plain", "transposed"} for t in linear.CHOICE.timings.values())
+    assert all(len(t["plain"]) == len(t["transposed"]) == linear.CHOICE.trials for t in linear.CHOICE.timings.values())
     linear.CHOICE.reset()
+
+
+def test_a_decoding_step_is_chosen_whole(monkeypatch):
+    """run_step times whole steps, every product inside on one path, and never chooses them one by one."""
+    monkeypatch.delenv("STRATALM_PATHS", raising=False)
+    linear.CHOICE.reset()
+    linear.STEP_CHOICE.reset()
+    layer, x = Linear(48, 40), torch.randn(1, 48)
+    with torch.no_grad():
+        outs = [linear.run_step("step", lambda: layer(x)) for _ in range(10)]
+    assert linear.STEP_CHOICE.chosen.keys() == {"step"} and not linear.CHOICE.timings
+    assert all(len(t) == linear.STEP_CHOICE.trials for t in linear.STEP_CHOICE.timings["step"].values())
+    assert all(torch.allclose(o, F.linear(x, layer.weight, layer.bias), atol=1e-5) for o in outs)
+    linear.STEP_CHOICE.reset()
 
 
 def test_with_autograd_it_is_nn_linear_exactly():

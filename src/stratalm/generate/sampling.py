@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 import torch
 
 from ..errors import InputTooLongError
+from ..layers.linear import run_step
 
 
 def pick_next(
@@ -83,6 +84,8 @@ def stream_tokens(
     cache = model.new_cache(B, cache_len)
     logits = model(window, cache=cache, logits_to_keep=1).logits[:, -1]  # prefill: (B, V)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    step_key = (B, device.type, next(model.parameters()).dtype, model.config.d_model, model.config.n_layers,
+                model.config.vocab_size)
     seen = seen_tokens(window, logits.shape[-1]) if repetition_penalty != 1.0 else None
     for step in range(max_new_tokens):
         if seen is not None:
@@ -98,7 +101,10 @@ def stream_tokens(
             return
         window = torch.cat([window, token[:, None]], dim=1)
         if cache.length < cache_len:
-            logits = model(token[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
+            def decode_step(token=token):
+                return model(token[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
+
+            logits = run_step(step_key, decode_step)  # the few-row products on this machine's faster path
         else:  # the cache is full: keep the newest half of the context and run it again
             window = window[:, -max(1, context // 2):]
             cache = model.new_cache(B, cache_len)

@@ -7,9 +7,10 @@ AMD EPYC with MKL (which takes a slow matrix-vector path on AMD CPUs), the other
 (W @ x^T)^T, was 3x faster: the 25 weight matrices of a 6 x 384 GPT-2 with its 50,304-token head
 took 11.3 ms at one row with F.linear and 3.9 ms this way. On an Intel Xeon with AMX the same
 products took 7.3 ms with F.linear and 17.3 ms this way. So neither is assumed: the first product
-of each shape (rows in buckets, since decoding repeats the same few) times both paths
-(path_choice.py) and keeps the faster, F.linear unless the other wins clearly. A single row is
-doubled for the transposed path (the matrix-vector path is the slow one in both orientations).
+of each shape (rows in buckets, since decoding repeats the same few) alternates between the two
+paths, timing each call where it runs, and then keeps the faster (path_choice.py says why the
+calls must be timed in place), F.linear unless the other wins clearly. A single row is doubled
+for the transposed path (the matrix-vector path is the slow one in both orientations).
 
 With hundreds of rows the product is bound by arithmetic and F.linear is as fast or faster, so
 only up to FEW_ROWS rows are considered, on CPU, in float32 and without autograd; everything else
@@ -18,7 +19,7 @@ are nn.Linear's, so checkpoints, LoRA and `transformers` interop are unchanged.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Hashable, Optional, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +27,15 @@ from torch import nn
 
 from .path_choice import PathChoice
 
+T = TypeVar("T")
 FEW_ROWS = 64  # decoding steps and beams; an encoder batch has more rows
 ROW_BUCKETS = (1, 4, 16, FEW_ROWS)  # products of up to this many rows share a choice
+
 CHOICE = PathChoice("linear", ("plain", "transposed"))
+# Decoding steps are chosen whole (see run_step): timed one by one, products can rank the paths the
+# other way round from what a step of all of them measures (path_choice.py).
+STEP_CHOICE = PathChoice("linear", ("plain", "transposed"))
+_FORCED: list[Optional[str]] = [None]  # the path every product takes inside run_step, if any
 
 
 def transposed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -52,9 +59,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     paths = {"plain": lambda: F.linear(flat, weight, bias), "transposed": lambda: transposed(flat, weight, bias)}
+    if _FORCED[0] is not None:
+        return paths[_FORCED[0]]().view(*x.shape[:-1], weight.shape[0])
     bucket = next(b for b in ROW_BUCKETS if rows <= b)
-    path = CHOICE.choose((bucket, tuple(weight.shape), bias is not None), lambda name: paths[name]())
-    return paths[path]().view(*x.shape[:-1], weight.shape[0])
+    out = CHOICE.call((bucket, tuple(weight.shape), bias is not None), paths)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def run_step(key: Hashable, step: Callable[[], T]) -> T:
+    """Run `step` (a whole forward pass, e.g. one decoding step) with every few-row product on one
+    path: the first steps of each `key` alternate, timed, and then the faster is kept."""
+    def on(path: str) -> Callable[[], T]:
+        def run() -> T:
+            _FORCED[0] = path
+            try:
+                return step()
+            finally:
+                _FORCED[0] = None
+        return run
+
+    return STEP_CHOICE.call(key, {path: on(path) for path in STEP_CHOICE.candidates})
 
 
 class Linear(nn.Linear):

@@ -1,11 +1,18 @@
-"""Choose between computations that give the same numbers by timing them here, on the real shapes.
+"""Choose between computations that give the same numbers by timing them here, in real use.
 
 Which kernel is fastest depends on the machine more than on the code: MKL's few-row product is
-slow on AMD CPUs and fast on Intel's, so a path tuned on one can be 2-3x slower on the other. A
-`PathChoice` therefore times its candidates the first time it meets a shape (a few runs each, a
-few milliseconds in all), keeps the fastest for that shape for the rest of the process, and
-takes the safe first candidate unless another wins by a clear margin, so timing noise on a busy
-machine cannot leave a path slower than plain torch in place.
+slow on AMD CPUs and fast on Intel's, so a path tuned on one can be 2-3x slower on the other. And
+timing a kernel alone misleads: on an AMD EPYC (AVX2, 2 threads) the block matrices of a GPT-2
+timed one by one at one row favoured F.linear 2:1, hot or with the caches evicted, yet run in
+sequence, as decoding runs them, the other path was faster (9.2 against 10.8 ms for the 24) and
+decoding with it ran at 69 tokens/s against 45; even each call timed in place, inside real
+decoding, still favoured F.linear for three of the four block shapes. So a `PathChoice` times real
+work at the level that decides: the first few calls of each key alternate between the candidates,
+each timed where it runs, and then the fastest (by its best time) is kept for the rest of the
+process. Decoding chooses whole steps (layers/linear.py's run_step: every product of a step on one
+path, 21.6 against 25.5 ms a step there); single products choose per shape elsewhere. The first candidate is the safe
+reference, which another must beat by `margin`, so timing noise on a busy machine cannot leave a
+path slower than plain torch in place.
 
 STRATALM_PATHS=name:candidate,... fixes a choice without measuring (for benchmarks and tests).
 """
@@ -13,9 +20,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Hashable, Optional, Sequence
+from typing import Callable, Hashable, Mapping, Optional, Sequence, TypeVar
 
 ENVIRONMENT = "STRATALM_PATHS"
+T = TypeVar("T")
 
 
 def fixed_choices() -> dict[str, str]:
@@ -25,35 +33,40 @@ def fixed_choices() -> dict[str, str]:
 
 
 class PathChoice:
-    """Candidates by name; the first is the reference that another must beat by `margin`."""
+    """Candidates by name; `trials` timed calls of each per key before the choice is made."""
 
-    def __init__(self, name: str, candidates: Sequence[str], runs: int = 3, margin: float = 0.1,
+    def __init__(self, name: str, candidates: Sequence[str], trials: int = 4, margin: float = 0.1,
                  timer: Callable[[], float] = time.perf_counter) -> None:
-        self.name, self.candidates, self.runs, self.margin, self.timer = name, tuple(candidates), runs, margin, timer
+        self.name, self.candidates, self.trials, self.margin, self.timer = name, tuple(candidates), trials, margin, timer
         self.chosen: dict[Hashable, str] = {}
-        self.timings: dict[Hashable, dict[str, float]] = {}  # seconds per candidate, for reports and tests
+        self.timings: dict[Hashable, dict[str, list[float]]] = {}  # seconds of each timed call, for reports and tests
 
-    def choose(self, key: Hashable, run: Callable[[str], object]) -> str:
-        """The candidate for `key` (e.g. a shape); `run(candidate)` computes it once."""
+    def call(self, key: Hashable, paths: Mapping[str, Callable[[], T]]) -> T:
+        """Compute by the path chosen for `key` (e.g. a shape), or, while it is being chosen, by
+        the next candidate in turn, timed."""
         chosen = self.chosen.get(key)
         if chosen is None:
-            chosen = self.chosen[key] = self._fixed() or self._measure(key, run)
-        return chosen
+            chosen = self._fixed()
+            if chosen is not None:
+                self.chosen[key] = chosen
+        if chosen is not None:
+            return paths[chosen]()
+        times = self.timings.setdefault(key, {candidate: [] for candidate in self.candidates})
+        done = sum(len(t) for t in times.values())
+        candidate = self.candidates[done % len(self.candidates)]
+        start = self.timer()
+        out = paths[candidate]()
+        times[candidate].append(self.timer() - start)
+        if done + 1 == self.trials * len(self.candidates):
+            self.chosen[key] = self._pick(times)
+        return out
 
     def _fixed(self) -> Optional[str]:
         candidate = fixed_choices().get(self.name)
         return candidate if candidate in self.candidates else None
 
-    def _measure(self, key: Hashable, run: Callable[[str], object]) -> str:
-        best = {candidate: float("inf") for candidate in self.candidates}
-        for candidate in self.candidates:  # warm-up: first calls pay for allocation and code loading
-            run(candidate)
-        for _ in range(self.runs):  # alternate, so a burst of other work hits every candidate alike
-            for candidate in self.candidates:
-                start = self.timer()
-                run(candidate)
-                best[candidate] = min(best[candidate], self.timer() - start)
-        self.timings[key] = best
+    def _pick(self, times: dict[str, list[float]]) -> str:
+        best = {candidate: min(t) for candidate, t in times.items()}  # the best run: noise only adds time
         reference = self.candidates[0]
         fastest = min(best, key=best.get)
         return fastest if best[fastest] < (1 - self.margin) * best[reference] else reference
