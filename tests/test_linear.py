@@ -63,17 +63,27 @@ class FakeClock:
     ({"plain": 1.0, "transposed": 3.0}, "plain"),
     ({"plain": 1.0, "transposed": 0.95}, "plain"),  # a 5% win is within noise: keep the reference
 ])
-def test_the_chooser_times_real_calls_in_turn_then_keeps_the_winner(seconds, expected, monkeypatch):
+def test_the_chooser_times_every_path_before_it_answers_then_keeps_the_winner(seconds, expected, monkeypatch):
     monkeypatch.delenv("STRATALM_PATHS", raising=False)
     clock = FakeClock(seconds)
     choice = PathChoice("test", ("plain", "transposed"), trials=3, timer=clock)
     calls: list = []
-    paths = clock.paths(calls)
-    results = [choice.call("shape", paths) for _ in range(10)]
-    assert calls[:6] == ["plain", "transposed"] * 3  # the trials alternate, each a real call
-    assert calls[6:] == [expected] * 4 and results == calls  # then only the winner runs
+    results = [choice.call("shape", clock.paths(calls)) for _ in range(4)]
+    assert calls[:6] == ["plain", "transposed"] * 3  # timed in turn on the first call's inputs
+    assert calls[6:] == [expected] * 4 and results == [expected] * 4  # every answer, the first too, by the winner
     assert choice.chosen == {"shape": expected}
     assert choice.timings["shape"] == {k: pytest.approx([v] * 3) for k, v in seconds.items()}
+
+
+@pytest.mark.parametrize("seconds, expected", [({"plain": 3.0, "transposed": 1.0}, "transposed"),
+                                               ({"plain": 1.0, "transposed": 0.95}, "plain")])
+def test_work_that_cannot_run_twice_takes_the_paths_in_turn(seconds, expected, monkeypatch):
+    monkeypatch.delenv("STRATALM_PATHS", raising=False)
+    clock = FakeClock(seconds)
+    choice = PathChoice("test", ("plain", "transposed"), trials=3, timer=clock)
+    calls: list = []
+    results = [choice.call_in_turn("step", clock.paths(calls)) for _ in range(10)]
+    assert calls == ["plain", "transposed"] * 3 + [expected] * 4 and results == calls  # each ran once
 
 
 def test_the_environment_fixes_a_choice_without_measuring(monkeypatch):
@@ -91,8 +101,8 @@ def test_linear_chooses_once_per_shape_bucket(monkeypatch):
     layer = Linear(48, 40)
     with torch.no_grad():
         for rows in (1, 3, 4, 5, 16, 17, 64):
-            for _ in range(2 * linear.CHOICE.trials):
-                layer(torch.randn(rows, 48))
+            x = torch.randn(rows, 48)
+            assert torch.equal(layer(x), layer(x))  # equal inputs, equal outputs, from the first call
     assert sorted(key[0] for key in linear.CHOICE.chosen) == [1, 4, 16, 64]
     assert all(len(t["plain"]) == len(t["transposed"]) == linear.CHOICE.trials for t in linear.CHOICE.timings.values())
     linear.CHOICE.reset()

@@ -7,9 +7,9 @@ AMD EPYC with MKL (which takes a slow matrix-vector path on AMD CPUs), the other
 (W @ x^T)^T, was 3x faster: the 25 weight matrices of a 6 x 384 GPT-2 with its 50,304-token head
 took 11.3 ms at one row with F.linear and 3.9 ms this way. On an Intel Xeon with AMX the same
 products took 7.3 ms with F.linear and 17.3 ms this way. So neither is assumed: the first product
-of each shape (rows in buckets, since decoding repeats the same few) alternates between the two
-paths, timing each call where it runs, and then keeps the faster (path_choice.py says why the
-calls must be timed in place), F.linear unless the other wins clearly. A single row is doubled
+of each shape (rows in buckets, since decoding repeats the same few) times both paths on its own
+inputs and keeps the faster, F.linear unless the other wins clearly; decoding steps are chosen
+whole instead (run_step; path_choice.py says why). A single row is doubled
 for the transposed path (the matrix-vector path is the slow one in both orientations).
 
 With hundreds of rows the product is bound by arithmetic and F.linear is as fast or faster, so
@@ -78,7 +78,7 @@ def run_step(key: Hashable, step: Callable[[], T]) -> T:
                 _FORCED[0] = None
         return run
 
-    return STEP_CHOICE.call(key, {path: on(path) for path in STEP_CHOICE.candidates})
+    return STEP_CHOICE.call_in_turn(key, {path: on(path) for path in STEP_CHOICE.candidates})
 
 
 class Linear(nn.Linear):

@@ -6,11 +6,12 @@ timing a kernel alone misleads: on an AMD EPYC (AVX2, 2 threads) the block matri
 timed one by one at one row favoured F.linear 2:1, hot or with the caches evicted, yet run in
 sequence, as decoding runs them, the other path was faster (9.2 against 10.8 ms for the 24) and
 decoding with it ran at 69 tokens/s against 45; even each call timed in place, inside real
-decoding, still favoured F.linear for three of the four block shapes. So a `PathChoice` times real
-work at the level that decides: the first few calls of each key alternate between the candidates,
-each timed where it runs, and then the fastest (by its best time) is kept for the rest of the
-process. Decoding chooses whole steps (layers/linear.py's run_step: every product of a step on one
-path, 21.6 against 25.5 ms a step there); single products choose per shape elsewhere. The first candidate is the safe
+decoding, still favoured F.linear for three of the four block shapes. So a `PathChoice` times work
+at the level that decides, and keeps the fastest (by its best time) for the rest of the process.
+Decoding chooses whole steps (layers/linear.py's run_step: every product of a step on one path,
+21.6 against 25.5 ms a step there), its first steps taking the paths in turn; single products
+(prefill, encoders, beams) choose per shape, timing both paths on the first call's inputs before
+answering, so a model gives equal outputs for equal inputs from its first call on. The first candidate is the safe
 reference, which another must beat by `margin`, so timing noise on a busy machine cannot leave a
 path slower than plain torch in place.
 
@@ -42,23 +43,44 @@ class PathChoice:
         self.timings: dict[Hashable, dict[str, list[float]]] = {}  # seconds of each timed call, for reports and tests
 
     def call(self, key: Hashable, paths: Mapping[str, Callable[[], T]]) -> T:
-        """Compute by the path chosen for `key` (e.g. a shape), or, while it is being chosen, by
-        the next candidate in turn, timed."""
-        chosen = self.chosen.get(key)
+        """Compute by the path chosen for `key` (e.g. a shape). The first call times every
+        candidate on these very inputs (`trials` runs each, in turn) before it answers, so every
+        answer, the first one too, comes from the same path: equal inputs give equal outputs."""
+        chosen = self._chosen(key)
         if chosen is None:
-            chosen = self._fixed()
-            if chosen is not None:
-                self.chosen[key] = chosen
+            for _ in range(self.trials):
+                for candidate in self.candidates:
+                    self._timed(key, candidate, paths[candidate])
+            chosen = self.chosen[key] = self._pick(self.timings[key])
+        return paths[chosen]()
+
+    def call_in_turn(self, key: Hashable, paths: Mapping[str, Callable[[], T]]) -> T:
+        """Like `call`, for work that cannot run twice (a decoding step grows its cache): the
+        first calls of `key` take the candidates in turn, each timed where it runs, and then the
+        fastest is kept. Those first answers come from different paths, which agree to rounding."""
+        chosen = self._chosen(key)
         if chosen is not None:
             return paths[chosen]()
         times = self.timings.setdefault(key, {candidate: [] for candidate in self.candidates})
         done = sum(len(t) for t in times.values())
         candidate = self.candidates[done % len(self.candidates)]
-        start = self.timer()
-        out = paths[candidate]()
-        times[candidate].append(self.timer() - start)
+        out = self._timed(key, candidate, paths[candidate])
         if done + 1 == self.trials * len(self.candidates):
             self.chosen[key] = self._pick(times)
+        return out
+
+    def _chosen(self, key: Hashable) -> Optional[str]:
+        chosen = self.chosen.get(key)
+        if chosen is None:
+            chosen = self._fixed()
+            if chosen is not None:
+                self.chosen[key] = chosen
+        return chosen
+
+    def _timed(self, key: Hashable, candidate: str, run: Callable[[], T]) -> T:
+        start = self.timer()
+        out = run()
+        self.timings.setdefault(key, {c: [] for c in self.candidates})[candidate].append(self.timer() - start)
         return out
 
     def _fixed(self) -> Optional[str]:
