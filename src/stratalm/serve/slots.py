@@ -50,4 +50,5 @@ class SlotStep:
         return keys[self.slots, :, :self.width], values[self.slots, :, :self.width]
 
     def advance(self, n_tokens: int) -> None:
-        pass  # the engine moves each row's length itself
+        """Nothing to do: the model calls this after every step, as it does on a KVCache, but here
+        the engine moves each row's own length (rows join and leave at different lengths)."""
