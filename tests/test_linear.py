@@ -83,7 +83,7 @@ def test_work_that_cannot_run_twice_takes_the_paths_in_turn(seconds, expected, m
     choice = PathChoice("test", ("plain", "transposed"), trials=3, timer=clock)
     calls: list = []
     results = [choice.call_in_turn("step", clock.paths(calls)) for _ in range(10)]
-    assert calls == ["plain", "transposed"] * 3 + [expected] * 4 and results == calls  # each ran once
+    assert calls == ["plain"] * 3 + ["transposed"] * 3 + [expected] * 4 and results == calls  # each ran once
 
 
 def test_the_environment_fixes_a_choice_without_measuring(monkeypatch):
@@ -109,15 +109,25 @@ def test_linear_chooses_once_per_shape_bucket(monkeypatch):
 
 
 def test_a_decoding_step_is_chosen_whole(monkeypatch):
-    """run_step times whole steps, every product inside on one path, and never chooses them one by one."""
+    """run_step times whole steps, every product inside on one path, each path's trials in a row
+    with the weights in that path's layout, and never chooses products one by one."""
     monkeypatch.delenv("STRATALM_PATHS", raising=False)
     linear.CHOICE.reset()
     linear.STEP_CHOICE.reset()
     layer, x = Linear(48, 40), torch.randn(1, 48)
+    layouts = []
+
+    def step():
+        layouts.append(layer.weight.is_contiguous())
+        return layer(x)
+
     with torch.no_grad():
-        outs = [linear.run_step("step", lambda: layer(x)) for _ in range(10)]
+        outs = [linear.run_step("step", step, layer) for _ in range(14)]
+    trials = linear.STEP_CHOICE.trials
     assert linear.STEP_CHOICE.chosen.keys() == {"step"} and not linear.CHOICE.timings
-    assert all(len(t) == linear.STEP_CHOICE.trials for t in linear.STEP_CHOICE.timings["step"].values())
+    assert all(len(t) == trials for t in linear.STEP_CHOICE.timings["step"].values())
+    assert layouts[:3 * trials] == [True] * 2 * trials + [False] * trials  # plain, transposed, columns
+    assert layouts[3 * trials:] == [linear.STEP_CHOICE.chosen["step"] != "columns"] * (14 - 3 * trials)
     assert all(torch.allclose(o, F.linear(x, layer.weight, layer.bias), atol=1e-5) for o in outs)
     linear.STEP_CHOICE.reset()
 
@@ -138,21 +148,46 @@ def test_parameters_and_state_dict_are_nn_linears():
     assert list(layer.state_dict()) == list(nn.Linear(16, 8).state_dict()) == ["weight", "bias"]
 
 
-def test_decoding_gives_the_same_tokens_on_both_paths(monkeypatch):
+def test_decoding_gives_the_same_tokens_on_every_path(monkeypatch):
     torch.manual_seed(0)
     model = CausalLM(preset("tiny", vocab_size=300, max_seq_len=64, n_layers=2, d_model=64)).eval()
     ids = torch.randint(0, 300, (3, 5))
 
-    def greedy():
-        return torch.stack(list(stream_tokens(model, ids, 30, temperature=0)), dim=1)
+    def greedy(path):
+        monkeypatch.setenv("STRATALM_PATHS", f"linear:{path}")
+        linear.CHOICE.reset()
+        linear.STEP_CHOICE.reset()
+        tokens = torch.stack(list(stream_tokens(model, ids, 30, temperature=0)), dim=1)
+        layouts = {p.is_contiguous() for p in model.parameters() if p.dim() == 2}
+        return tokens, layouts
 
-    monkeypatch.setenv("STRATALM_PATHS", "linear:transposed")
+    plain, plain_layouts = greedy("plain")
+    columns, columns_layouts = greedy("columns")
+    transposed, transposed_layouts = greedy("transposed")
+    assert plain_layouts == transposed_layouts == {True}
+    assert False in columns_layouts  # the columns path really relaid the weights out
+    assert torch.equal(plain, columns) and torch.equal(plain, transposed)
     linear.CHOICE.reset()
-    other = greedy()
-    monkeypatch.setenv("STRATALM_PATHS", "linear:plain")
-    linear.CHOICE.reset()
-    assert torch.equal(other, greedy())
-    linear.CHOICE.reset()
+    linear.STEP_CHOICE.reset()
+
+
+def test_weights_laid_out_by_columns_keep_values_and_save_the_same(tmp_path):
+    torch.manual_seed(0)
+    model = CausalLM(preset("tiny", vocab_size=300, max_seq_len=64, n_layers=2, d_model=64)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    linear.store_by_columns(model, True)
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    assert weights and not any(w.is_contiguous() for w in weights)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    import stratalm
+    stratalm.save(model, str(tmp_path / "m"))
+    loaded = stratalm.load(str(tmp_path / "m"))
+    assert all(torch.equal(before[k], v) for k, v in loaded.state_dict().items())
+    x = torch.randint(0, 300, (2, 7))
+    model(x).logits.logsumexp(-1).mean().backward()  # training on the new layout still works
+    assert all(w.grad is not None for w in weights)
+    linear.store_by_columns(model, False)
+    assert all(w.is_contiguous() for w in weights)
 
 
 def test_logits_to_keep_applies_the_head_to_the_last_positions():

@@ -104,7 +104,7 @@ def stream_tokens(
             def decode_step(token=token):
                 return model(token[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
 
-            logits = run_step(step_key, decode_step)  # the few-row products on this machine's faster path
+            logits = run_step(step_key, decode_step, model)  # the few-row products on this machine's faster path
         else:  # the cache is full: keep the newest half of the context and run it again
             window = window[:, -max(1, context // 2):]
             cache = model.new_cache(B, cache_len)

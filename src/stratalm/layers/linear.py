@@ -1,16 +1,25 @@
-"""nn.Linear with a second CPU path for inference on few rows (decoding steps, small batches),
-taken where it measures faster on this machine.
+"""nn.Linear with other CPU paths for inference on few rows (decoding steps, small batches),
+taken where they measure faster on this machine.
 
 nn.Linear computes x @ W^T with W stored (out, in). For a handful of rows of x that product is
-bound by reading W, and how fast the BLAS streams W in that orientation depends on the CPU. On an
-AMD EPYC with MKL (which takes a slow matrix-vector path on AMD CPUs), the other orientation,
-(W @ x^T)^T, was 3x faster: the 25 weight matrices of a 6 x 384 GPT-2 with its 50,304-token head
-took 11.3 ms at one row with F.linear and 3.9 ms this way. On an Intel Xeon with AMX the same
-products took 7.3 ms with F.linear and 17.3 ms this way. So neither is assumed: the first product
-of each shape (rows in buckets, since decoding repeats the same few) times both paths on its own
-inputs and keeps the faster, F.linear unless the other wins clearly; decoding steps are chosen
-whole instead (run_step; path_choice.py says why). A single row is doubled
-for the transposed path (the matrix-vector path is the slow one in both orientations).
+bound by reading W, and how fast the BLAS streams W depends on the CPU and on how W lies in memory.
+Three paths give the same numbers:
+- "plain": F.linear on W as stored, row by row;
+- "transposed": (W @ x^T)^T. On one AMD EPYC with MKL (which takes a slow matrix-vector path on AMD
+  CPUs) this was 3x faster: the 25 weight matrices of a 6 x 384 GPT-2 with its 50,304-token head
+  took 11.3 ms at one row with F.linear and 3.9 ms this way. On an Intel Xeon with AMX the same
+  products took 7.3 ms with F.linear and 17.3 ms this way;
+- "columns": F.linear on W laid out by columns in memory (W^T contiguous, the tensor still (out, in),
+  as GPT-2's Conv1D keeps it). On another AMD EPYC (AVX2, MKL) the 50,304 x 384 head at one row took
+  5.7 ms this way against 13.7 ms plain and 13.3 ms transposed (one thread), and on 2 threads a
+  decoding step of that GPT-2 at batch 1 took 11.6 ms this way, 12.2 transposed and 17.1 plain
+  (at batch 8, transposed won: 20.6 against 29.3 and 31.5 ms). The layout is changed in place (store_by_columns), so it costs no
+  memory; saving writes every tensor contiguous, so checkpoints do not change.
+So none is assumed. Decoding steps are chosen whole (run_step; path_choice.py says why), the
+weights taking the layout of the path being timed; the first single product of each shape (rows
+in buckets, since decoding repeats the same few) times plain against transposed on its own inputs
+and keeps the faster, F.linear unless the other wins clearly. A single row is doubled for the
+transposed path (the matrix-vector path is the slow one in both orientations).
 
 With hundreds of rows the product is bound by arithmetic and F.linear is as fast or faster, so
 only up to FEW_ROWS rows are considered, on CPU, in float32 and without autograd; everything else
@@ -34,7 +43,7 @@ ROW_BUCKETS = (1, 4, 16, FEW_ROWS)  # products of up to this many rows share a c
 CHOICE = PathChoice("linear", ("plain", "transposed"))
 # Decoding steps are chosen whole (see run_step): timed one by one, products can rank the paths the
 # other way round from what a step of all of them measures (path_choice.py).
-STEP_CHOICE = PathChoice("linear", ("plain", "transposed"))
+STEP_CHOICE = PathChoice("linear", ("plain", "transposed", "columns"))
 _FORCED: list[Optional[str]] = [None]  # the path every product takes inside run_step, if any
 
 
@@ -66,19 +75,35 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def run_step(key: Hashable, step: Callable[[], T]) -> T:
-    """Run `step` (a whole forward pass, e.g. one decoding step) with every few-row product on one
-    path: the first steps of each `key` alternate, timed, and then the faster is kept."""
-    def on(path: str) -> Callable[[], T]:
+def store_by_columns(model: nn.Module, by_columns: bool) -> None:
+    """Lay every nn.Linear weight of `model` out in memory by columns (W^T contiguous) or back by
+    rows, in place: values, shapes, parameters and the tied head stay what they are."""
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None) if isinstance(module, nn.Linear) else None
+            if weight is None or weight.dim() != 2 or min(weight.shape) == 1 or weight.device.type == "meta":
+                continue  # a single row or column lies the same both ways
+            if weight.is_contiguous() == by_columns:  # a tied weight met twice is already done
+                weight.data = weight.data.t().contiguous().t() if by_columns else weight.data.contiguous()
+
+
+def run_step(key: Hashable, step: Callable[[], T], model: nn.Module) -> T:
+    """Run `step` (a whole forward pass of `model`, e.g. one decoding step) with every few-row
+    product on one path: the first steps of each `key` try each path in turn, timed, and then the
+    faster is kept. The weights of `model` take the layout of the path (see store_by_columns)."""
+    path = STEP_CHOICE.upcoming(key)
+    store_by_columns(model, path == "columns")
+
+    def on(forced: str) -> Callable[[], T]:
         def run() -> T:
-            _FORCED[0] = path
+            _FORCED[0] = "transposed" if forced == "transposed" else "plain"  # columns is plain on its layout
             try:
                 return step()
             finally:
                 _FORCED[0] = None
         return run
 
-    return STEP_CHOICE.call_in_turn(key, {path: on(path) for path in STEP_CHOICE.candidates})
+    return STEP_CHOICE.call_in_turn(key, {candidate: on(candidate) for candidate in STEP_CHOICE.candidates})
 
 
 class Linear(nn.Linear):

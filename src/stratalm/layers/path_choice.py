@@ -56,18 +56,29 @@ class PathChoice:
 
     def call_in_turn(self, key: Hashable, paths: Mapping[str, Callable[[], T]]) -> T:
         """Like `call`, for work that cannot run twice (a decoding step grows its cache): the
-        first calls of `key` take the candidates in turn, each timed where it runs, and then the
-        fastest is kept. Those first answers come from different paths, which agree to rounding."""
+        first calls of `key` take the candidates in turn (`upcoming` says which), each timed where
+        it runs, and then the fastest is kept. Those first answers come from different paths, which
+        agree to rounding."""
         chosen = self._chosen(key)
         if chosen is not None:
             return paths[chosen]()
         times = self.timings.setdefault(key, {candidate: [] for candidate in self.candidates})
         done = sum(len(t) for t in times.values())
-        candidate = self.candidates[done % len(self.candidates)]
+        candidate = self.upcoming(key)
         out = self._timed(key, candidate, paths[candidate])
         if done + 1 == self.trials * len(self.candidates):
             self.chosen[key] = self._pick(times)
         return out
+
+    def upcoming(self, key: Hashable) -> str:
+        """The candidate the next `call_in_turn` of `key` runs: the chosen one, or while timing, each
+        candidate `trials` times in a row (a candidate that must set something up first, such as
+        a weight layout, then pays for it once rather than on every turn)."""
+        chosen = self._chosen(key)
+        if chosen is not None:
+            return chosen
+        done = sum(len(t) for t in self.timings.get(key, {}).values())
+        return self.candidates[min(done // self.trials, len(self.candidates) - 1)]
 
     def _chosen(self, key: Hashable) -> Optional[str]:
         chosen = self.chosen.get(key)
