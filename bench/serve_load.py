@@ -5,7 +5,8 @@ of the same shape, on the same weights (exported with stratalm.save(format="hf")
 
 Both servers run as subprocesses on loopback ports and are driven by the official `openai` async
 client, so HTTP, JSON and SSE costs are in both. Prints JSON (machine facts, per-system figures,
-the ratio at each concurrency).
+the ratio at each concurrency, and how often a greedy request served among the most concurrent
+ones differs from the same request served alone).
 
   python bench/serve_load.py                      # 200 requests per level, 64 tokens each
   python bench/serve_load.py --requests 32 --max-tokens 32   # a small run
@@ -150,6 +151,31 @@ async def load(base_url: str, model: str, concurrency: int, requests: int, max_t
             "tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 1)}
 
 
+async def greedy_agreement(base_url: str, model: str, requests: int, max_tokens: int) -> dict:
+    """How often a greedy completion served among `requests` concurrent ones differs from the same
+    request served alone. Batched products can round differently from one-row ones, which flips an
+    argmax only where two tokens tie to rounding; this counts how often that happens here."""
+    import random
+
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600)
+    rng = random.Random(0)
+    prompts = [" ".join(rng.choice(PROMPTS).split()[:rng.randint(1, 4)]) + " " + "".join(
+        rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 12))) for _ in range(requests)]
+
+    async def complete(prompt: str) -> str:
+        answer = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0)
+        return answer.choices[0].text
+
+    alone = [await complete(p) for p in prompts]
+    together = await asyncio.gather(*(complete(p) for p in prompts))
+    await client.close()
+    differing = sum(a != b for a, b in zip(alone, together))
+    return {"requests": requests, "max_tokens": max_tokens, "differing": differing,
+            "share_differing": round(differing / requests, 4)}
+
+
 def make_model(folder: str, args: argparse.Namespace) -> None:
     import torch
 
@@ -200,6 +226,10 @@ def main(argv=None) -> dict:
                     log(f"{name}: concurrency {c}")
                     result["systems"].setdefault(name, {})[str(c)] = asyncio.run(
                         load(f"http://127.0.0.1:{port}/v1", "m", c, args.requests, args.max_tokens))
+                if name == "stratalm serve":
+                    log(f"{name}: greedy requests together against alone")
+                    result["greedy_concurrent_vs_alone"] = asyncio.run(greedy_agreement(
+                        f"http://127.0.0.1:{port}/v1", "m", max(args.concurrency), args.max_tokens))
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)

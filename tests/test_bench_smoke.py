@@ -118,6 +118,7 @@ def test_speedrun_places_crossings_between_evaluations():
     assert time_to(curve, 0.5) is None  # never reached
 
 
+@pytest.mark.slow  # a longer check (make test-slow): the default suite stays near 10 minutes
 def test_speedrun_trains_both_recipes_on_the_same_measure(capsys, tmp_path):
     if not (SHARED_DATA / "tinyshakespeare").exists():
         pytest.skip(f"{SHARED_DATA / 'tinyshakespeare'} is absent (real data lives in ../shared/data)")

@@ -37,6 +37,7 @@ def test_prepare_pretrain_generate_from_the_command_line(tmp_path, trained):
     assert again.stdout == generated.stdout  # greedy is deterministic
 
 
+@pytest.mark.slow  # a longer check (make test-slow): the default suite stays near 10 minutes
 def test_bad_inputs_to_prepare(tmp_path):
     assert_clean_error(run_cli("prepare", tmp_path / "none.txt", "--out", tmp_path / "o"), "none.txt", "does not exist")
     (tmp_path / "empty.txt").write_text("")
@@ -47,6 +48,7 @@ def test_bad_inputs_to_prepare(tmp_path):
     assert_clean_error(run_cli("prepare", tmp_path / "img.txt", "--out", tmp_path / "o"), "img.txt", "binary")
 
 
+@pytest.mark.slow  # a longer check (make test-slow): the default suite stays near 10 minutes
 def test_bad_inputs_to_pretrain(tmp_path, char_data, trained):
     assert_clean_error(run_cli("pretrain", "--data", char_data, "--out", tmp_path / "r", "--model", "gpt5"),
                        "unknown model preset 'gpt5'", "tiny", "llama")
@@ -62,6 +64,7 @@ def test_bad_inputs_to_pretrain(tmp_path, char_data, trained):
                        "not valid YAML")
 
 
+@pytest.mark.slow  # a longer check (make test-slow): the default suite stays near 10 minutes
 def test_bad_inputs_to_generate(tmp_path, trained):
     long_prompt = "x" * 40  # the model's context is 32 characters
     assert_clean_error(run_cli("generate", trained, "--prompt", long_prompt), "prompt is 40 tokens", "context is 32")

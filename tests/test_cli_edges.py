@@ -107,3 +107,48 @@ def test_prepare_accepts_val_share_and_its_old_name(tmp_path):
         assert "4 of 20 documents, drawn with seed 3" in result.stdout, result.stdout
         manifest = json.loads((tmp_path / flag / "manifest.json").read_text())
         assert manifest["validation"] == {"by": "documents", "share": 0.2, "seed": 3, "documents": 4}
+
+
+def test_every_setting_is_checked_where_it_is_read_whichever_way_it_came(tmp_path):
+    from stratalm.loop import build_run_config
+    from stratalm.tasks.finetune_config import build_finetune_config
+
+    (tmp_path / "run.yaml").write_text("train:\n  lr: -0.1\n")
+    refused = [(lambda: build_run_config(str(tmp_path / "run.yaml"), {}), "'train.lr' must be above 0; got -0.1"),
+               (lambda: build_run_config(None, {"train": {"beta1": "1"}}), "'train.beta1' must be in [0, 1)"),
+               (lambda: build_run_config(None, {"mlm": {"rate": "0"}}), "'mlm.rate' must be in (0, 1]"),
+               (lambda: build_run_config(None, {"train": {"batch_size": True}}), "'train.batch_size' expects int"),
+               (lambda: build_run_config(None, {"train": {"lr": {"peak": 1}}}), "'train.lr' takes a value"),
+               (lambda: build_finetune_config(None, {"loop": {"eval_batch_size": "0"}}), "'loop.eval_batch_size'"),
+               (lambda: build_finetune_config(None, {"layer_decay": "1.5"}), "'layer_decay' must be in (0, 1]")]
+    for make, message in refused:
+        with pytest.raises(ConfigError) as caught:
+            make()
+        assert message in str(caught.value), str(caught.value)
+    # The edges of each range are values, not errors.
+    run = build_run_config(None, {"train": {"beta1": "0", "grad_clip": "0", "warmup_steps": "0", "device": "cuda:1"}})
+    assert (run.train.beta1, run.train.grad_clip, run.train.device) == (0.0, 0.0, "cuda:1")
+    assert build_finetune_config(None, {"layer_decay": "1", "lora_dropout": "0", "loop": {"max_steps": "0"}}).layer_decay == 1.0
+
+
+def test_what_a_folder_holds_decides_whether_a_run_may_write_there(tmp_path, char_data):
+    from stratalm.config_fields import check_output_folder, folder_kind
+    from stratalm.errors import OutputExistsError
+
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre" / "run.yaml").write_text("objective: clm\n")
+    (tmp_path / "fine").mkdir()
+    (tmp_path / "fine" / "run.yaml").write_text("task: classification\n")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    kinds = {name: folder_kind(str(tmp_path / name)) for name in ("pre", "fine", "model", "notes", "absent")}
+    assert kinds == {"pre": "pretraining run", "fine": "fine-tuning run", "model": "model folder", "notes": None,
+                     "absent": None}
+    assert folder_kind(str(char_data)) == "prepared data folder"
+    check_output_folder(str(tmp_path / "pre"), "pretraining run")
+    check_output_folder(str(tmp_path / "notes"), "fine-tuning run")  # others' files: --overwrite clears only a run's
+    for name, kind in [("pre", "fine-tuning run"), ("fine", "pretraining run"), ("model", "pretraining run")]:
+        with pytest.raises(OutputExistsError, match=f"holds a {kinds[name]}, not a {kind}"):
+            check_output_folder(str(tmp_path / name), kind)

@@ -92,6 +92,32 @@ def test_prepare_streams_in_pieces_without_changing_the_tokens(tmp_path, monkeyp
     assert pieces.manifest["n_documents"] == 1
 
 
+def test_parallel_workers_write_the_same_folder_as_one_process(tmp_path, monkeypatch):
+    """Many short JSONL documents and two text files read in pieces, in batches small enough that
+    documents and held-out runs straddle them: 2 worker processes write byte for byte what one
+    process writes with its usual batches."""
+    from stratalm.cli import main
+    from stratalm.data import encode
+
+    texts = pydoc_texts(8)
+    (tmp_path / "a.txt").write_text(texts[0])
+    (tmp_path / "b.txt").write_text(texts[1])
+    sentences = [line for text in texts[2:] for line in text.splitlines() if line.strip()]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences))
+    inputs = [str(tmp_path / name) for name in ("a.txt", "c.jsonl", "b.txt")]
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 700)  # the text files come in many pieces
+    one = prepare(inputs, str(tmp_path / "one"), tokenizer="bpe", vocab_size=400, progress=False)
+    monkeypatch.setattr(encode, "ENCODE_BATCH_CHARS", 2000)  # a few dozen pieces per batch
+    tokenizer = str(tmp_path / "one" / "tokenizer.json")
+    two = prepare(inputs, str(tmp_path / "two"), tokenizer=tokenizer, progress=False, workers=2)
+    assert one["validation"]["by"] == "documents" and one["n_documents"] == len(sentences) + 2 > 400
+    assert {k: v for k, v in one.items() if k != "sources"} == {k: v for k, v in two.items() if k != "sources"}
+    for name in ["documents.bin"] + [shard["file"] for shard in one["shards"]]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert main(["prepare", inputs[0], "--out", str(tmp_path / "three"), "--workers", "0", "--quiet"]) != 0
+    assert not (tmp_path / "three").exists()
+
+
 def test_prepare_takes_folders_and_uses_uint32_for_large_vocabularies(tmp_path):
     from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
 

@@ -4,11 +4,10 @@ resume after a real SIGKILL mid-epoch."""
 from __future__ import annotations
 
 import json
-import random
+import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -133,16 +132,18 @@ def test_resume_after_a_real_kill_mid_epoch_is_bitwise_identical(toy, tmp_path):
     subprocess.run(run(reference), check=True, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(run(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "last" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not state.exists() and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(random.uniform(0.0, 0.5))  # anywhere after the first checkpoint: mid-step, mid-save, mid-evaluation
+    # Held inside step 16 (after the checkpoint of step 10, mid-epoch) and killed there; random
+    # moments are test_faults.py's slow test.
+    process = subprocess.Popen(run(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "STRATALM_PAUSE_AT": "step@15"})
+    for line in process.stderr:
+        if "paused at step@15" in line:
+            break
     process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    state = killed / "last" / "trainer_state.json"
     step = json.loads(state.read_text())["step"]
-    assert 0 < step < 100 and step % 12, step  # the run resumes inside an epoch
+    assert step == 10, step  # the run resumes inside an epoch (12 steps)
 
     finished = subprocess.run(run(killed), capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]

@@ -16,7 +16,7 @@ LEVELS = {
     2: ("models",),
     3: ("families", "objectives", "checkpoint"),
     4: ("loop", "tasks", "generate", "embed"),
-    5: ("lens", "evaluate", "serve", "info", "plot"),
+    5: ("lens", "evaluate", "prompting", "serve", "info", "plot"),
     6: ("cli", "demo", "__main__"),
     7: ("__init__",),  # the package root is a facade for users: no module imports it
 }

@@ -98,6 +98,7 @@ def test_ngram_spans_follow_one_over_n(pydoc_bpe):
     assert torch.allclose(share, torch.tensor([6 / 11, 3 / 11, 2 / 11]), atol=0.03)  # p(n) ∝ 1/n
 
 
+@pytest.mark.slow  # a longer check (make test-slow): the default suite stays near 10 minutes
 def test_mlm_learns_beyond_the_most_frequent_token(pydoc_bpe, tmp_path):
     """Rotary positions: with BERT's learned ones at N(0, 0.02) a 2-layer model spends these 400
     steps near the bag-of-tokens plateau (masked accuracy 0.077-0.09 against a baseline of 0.040,

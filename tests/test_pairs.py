@@ -138,6 +138,7 @@ def final_scores(out):
     return [json.loads(line) for line in open(out / "metrics.jsonl") if "val_loss" in line][-1]
 
 
+@pytest.mark.slow  # a longer check (make test-slow): the default suite stays near 10 minutes
 def test_nsp_learns_to_tell_the_next_segment_from_another_document(pydoc_bpe, tmp_path):
     result = run_cli("pretrain", "--data", pydoc_bpe, "--out", tmp_path / "nsp", "--model", "bert", "--objective", "nsp",
                      "--max-steps", "500", "model.max_seq_len=64", *LEARN)

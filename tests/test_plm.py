@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import run_cli, run_two_processes, small_char_corpus
 from stratalm.errors import ConfigError
 from stratalm.families import preset
 from stratalm.models import build_model
@@ -228,3 +229,41 @@ def test_plm_quickly_learns_text_that_its_context_determines(tokenizer, objectiv
     with torch.no_grad():
         held_out, _ = objective.compute(model.eval(), *objective.prepare(batch(), rng))
     assert float(held_out) < math.log(len(letters)) - 1.5, float(held_out)  # log 19 = 2.94
+
+
+def test_plm_settings_are_config_keys(tokenizer):
+    """plm.partial_prediction (K) and plm.max_span reach the objective through the run config."""
+    from stratalm.loop import build_run_config
+
+    run = build_run_config(None, {"objective": "plm", "plm": {"partial_prediction": "4", "max_span": "2"}})
+    assert (run.plm.partial_prediction, run.plm.max_span) == (4, 2)
+    objective = get_objective("plm", tokenizer, run)
+    inputs, targets = objective.prepare(windows(tokenizer, 16, 60), torch.Generator().manual_seed(0))
+    assert targets["labels"].shape == (16, 15)  # 60 / 4 targets per row, not 60 / 6
+    lengths = Counter()
+    rng = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        lengths.update(n for _, n in sample_spans(120, target_count(120, 4), rng, 4, 2)[1])
+    assert set(lengths) == {1, 2}
+    with pytest.raises(ConfigError, match="plm.partial_prediction"):
+        build_run_config(None, {"plm": {"partial_prediction": 1}})
+
+
+@pytest.mark.slow
+def test_plm_under_torchrun_matches_one_process(tmp_path):
+    """Two processes (gloo on CPU) draw the same orders and targets of the global batch as one does:
+    three interpreters and two runs, 80 s on 2 loaded cores (about 25 s of CPU)."""
+    common = ["--data", str(small_char_corpus(tmp_path)), "--max-steps", "4", "--model", "xlnet", "--objective", "plm",
+              "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=32",
+              "model.dropout=0", "model.attention_dropout=0", "train.batch_size=8", "train.log_every=1",
+              "train.eval_every=0", "train.progress=false"]
+    single = run_cli("pretrain", "--out", tmp_path / "one", *common)
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = run_two_processes("pretrain", "--out", tmp_path / "two", *common)
+    assert double.returncode == 0, double.stderr[-2000:]
+    one, two = plm_losses(tmp_path / "one"), plm_losses(tmp_path / "two")
+    assert len(one) == 4 and max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)
+
+
+def plm_losses(out) -> list[float]:
+    return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]

@@ -292,3 +292,74 @@ def test_qa_refuses_decoders_and_unanswered_training_questions(tmp_path):
     assert QATask().read(str(unanswered), labelled=False)[0]["id"] == "q7"  # predicting needs no answers
     with pytest.raises(DataError, match="--language must be one of en, zh, auto"):
         QATask({"language": "fr"}).read(str(unanswered), labelled=False)
+
+
+def test_xlnet_qa_uses_its_layout_pads_right_exactly_learns_and_exports(tmp_path):
+    """XLNet's windows end `<sep> <cls>` (types 1, 2) and point at that <cls> when the answer is not
+    there; right padding changes no real token's logits; a tiny XLNet learns the toy task in-process;
+    the model loads in transformers as XLNetForQuestionAnsweringSimple with the same logits."""
+    import stratalm
+    from stratalm.families import preset
+    from stratalm.models import build_model
+    from stratalm.tasks.qa import QATask
+    from stratalm.tasks.squad import locate_answer
+    from stratalm.tokenize import train_unigram
+
+    train, dev = toy_qa(400, 1), toy_qa(40, 2)
+    texts = [p["context"] + " " + q["question"] for p in train["data"][0]["paragraphs"] for q in p["qas"]]
+    from conftest import pydoc_texts
+
+    tokenizer = train_unigram(iter(texts + pydoc_texts(6)), 400, family="xlnet", show_progress=False)
+    context = "the apple is river near the stone of the lamp and the tiger over a cloud ."
+    example = QAExample("x", "what is apple ?", context, [locate_answer(context, "river", context.find("river"))])
+    windows = make_windows(tokenizer, example, 0, max_length=20, doc_stride=4)
+    assert len(windows) > 1 and all(w.input_ids[-2:] == [tokenizer.sep_id, tokenizer.cls_id] for w in windows)
+    assert all(w.token_type_ids[-1] == 2 and w.token_type_ids[-2] == 1 and w.token_type_ids[0] == 0 for w in windows)
+    assert windows[0].start_position < len(windows[0].input_ids) - 1  # the answer is in the first window
+    assert windows[-1].start_position == windows[-1].end_position == len(windows[-1].input_ids) - 1  # not in the last
+
+    torch.manual_seed(0)
+    base = build_model(preset("xlnet", n_layers=2, d_model=64, n_heads=4, d_ff=128, vocab_size=tokenizer.vocab_size,
+                              dropout=0.0, attention_dropout=0.0))
+    base.tokenizer = tokenizer
+    task = QATask({"doc_stride": 8, "max_query_length": 16, "max_answer_length": 5, "language": "en"})
+    model, _ = task.prepare_model(base)
+    model.tokenizer = tokenizer
+    features = task.encode(task.read(str(write_squad_dict(tmp_path / "train.json", train))), tokenizer, 40)
+    short, long = sorted(features[:20], key=lambda f: len(f["ids"]))[::19]
+    model.eval()
+    with torch.no_grad():
+        alone = task._logits(model, task.collate([short], tokenizer.pad_id))
+        padded = task._logits(model, task.collate([short, long], tokenizer.pad_id))
+    width = len(short["ids"])
+    assert len(long["ids"]) > width
+    assert max(float((a[0] - p[0, :width]).abs().max()) for a, p in zip(alone, padded)) < 1e-5
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(120):  # 70 steps: EM 20; 120: 97.5 (40 questions)
+        batch = task.collate([features[i] for i in torch.randint(len(features), (32,), generator=gen)], tokenizer.pad_id)
+        loss = task.loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    dev_examples = task.read(str(write_squad_dict(tmp_path / "dev.json", dev)))
+    scores = task.score(dev_examples, task.predict(model, dev_examples, 40))
+    assert scores["exact_match"] >= 60.0, scores
+
+    transformers = pytest.importorskip("transformers")
+    stratalm.save(model, str(tmp_path / "hf"), format="hf")
+    theirs, info = transformers.XLNetForQuestionAnsweringSimple.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    batch = task.collate([short], tokenizer.pad_id)
+    with torch.no_grad():
+        starts, ends = task._logits(model, batch)
+        out = theirs.eval()(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
+    assert max(float((starts - out.start_logits).abs().max()), float((ends - out.end_logits).abs().max())) < 1e-5
+
+
+def write_squad_dict(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path

@@ -150,6 +150,27 @@ def test_tokenize_and_detokenize_round_trip(server):
     assert status == 200 and chat["count"] == len("<|user|>hi\n<|assistant|>")
 
 
+def test_lens_reads_every_layer_of_every_family(server, folders):
+    from stratalm.lens.logit_lens import logit_lens
+    from stratalm.lens.trace import text_inputs
+
+    status, body = server.raw("/lens", {"model": "dec", "prompt": "hello", "top": 3})
+    assert status == 200 and body["tokens"] == list("hello")
+    assert body["depths"] == ["embeddings", "block 0", "block 1"] and len(body["kl"]) == 3
+    assert all(len(row) == 5 and all(len(cands) == 3 for cands in row) for row in body["top"])
+    model = stratalm.load(folders["dec"])
+    expected = logit_lens(model, text_inputs(model, "hello"), k=3)  # what `stratalm lens` computes
+    assert [p for _, p in body["top"][-1][0]] == pytest.approx(expected["top_probs"][-1, 0].tolist(), abs=1e-4)
+    assert body["kl"][-1] == pytest.approx([0.0] * 5, abs=1e-4)  # the last depth is the model's own output
+    for name in ("enc", "t5"):  # the MLM head; T5's decoder
+        status, body = server.raw("/lens", {"model": name, "prompt": "hi"})
+        assert status == 200 and len(body["depths"]) == 2 and len(body["top"][0]) == len(body["tokens"]), body
+    status, body = server.raw("/lens", {"model": "dec", "prompt": "x" * 2000})
+    assert status == 400 and "context" in body["error"]["message"]
+    status, body = server.raw("/lens", {"model": "dec", "prompt": "hi", "top": 50})
+    assert status == 400 and body["error"]["param"] == "top"
+
+
 # -- completions ----------------------------------------------------------------------------------
 def test_greedy_over_http_equals_stratalm_generate(client, folders, capsys):
     from stratalm.cli import main

@@ -90,6 +90,17 @@ def test_the_playground_streams_a_completion_into_the_page(tmp_path):
                          "{clientX: 300, clientY: 260, bubbles: true}))")
         tip = browser.evaluate("document.getElementById('tip').textContent")
         assert "p=" in tip and len(tip.splitlines()) == 6  # the token and its 5 most likely alternatives
+        browser.evaluate("document.getElementById('lens-go').click()")
+        deadline = time.time() + 30
+        while time.time() < deadline and not (status or "").startswith("lens:"):
+            time.sleep(0.2)
+            status = browser.evaluate("document.getElementById('status').textContent")
+        assert status.startswith("lens: 3 depths"), status  # embeddings and the two blocks
+        cells = browser.evaluate("[...document.querySelectorAll('#lens tr')].map(r => r.cells.length)")
+        assert len(cells) == 4 and len(set(cells)) == 1 and cells[0] > len("Once upon a time")  # a column per token
+        browser.evaluate("document.querySelectorAll('#lens td')[2].dispatchEvent(new MouseEvent('mousemove', "
+                         "{clientX: 300, clientY: 400, bubbles: true}))")
+        assert "KL(final || here)" in browser.evaluate("document.getElementById('tip').textContent")
         if os.environ.get("STRATALM_SCREENSHOT"):
             png = browser.call("Page.captureScreenshot", format="png")["data"]
             SCREENSHOT.write_bytes(base64.b64decode(png))

@@ -31,16 +31,21 @@ def test_a_request_past_the_timeout_is_408_and_cancelled(server):
     assert metric(server, "stratalm_running_sequences") == 0 and metric(server, "stratalm_cancelled_sequences_total") >= 1
 
 
-def test_sigterm_lets_a_running_stream_finish(server):
-    body = json.dumps({"model": "dec", "prompt": "a", "max_tokens": 20, "temperature": 0, "stream": True}).encode()
-    request = urllib.request.Request(server.url + "/v1/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
-    response = urllib.request.urlopen(request, timeout=30)
-    first = response.readline()
-    assert first.startswith(b"data: ")
-    threading.Thread(target=server.proc.terminate).start()  # SIGTERM while the stream runs
-    rest = response.read().decode()
-    assert rest.rstrip().endswith("data: [DONE]") and '"finish_reason": "length"' in rest
-    # uvicorn shuts down cleanly, then re-raises the signal it caught, so the status says SIGTERM
-    assert server.proc.wait(timeout=20) in (0, -15)
-    assert "Traceback" not in server.proc.stdout.read()
+def test_sigterm_lets_a_running_stream_finish(tmp_path):
+    # A server of its own: this test ends it, and the 0.2 s limit above would cut a stream short on a busy machine.
+    server = Server(make_models(tmp_path), "--max-concurrency", "2")
+    try:
+        body = json.dumps({"model": "dec", "prompt": "a", "max_tokens": 20, "temperature": 0, "stream": True}).encode()
+        request = urllib.request.Request(server.url + "/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        response = urllib.request.urlopen(request, timeout=30)
+        first = response.readline()
+        assert first.startswith(b"data: ")
+        threading.Thread(target=server.proc.terminate).start()  # SIGTERM while the stream runs
+        rest = response.read().decode()
+        assert rest.rstrip().endswith("data: [DONE]") and '"finish_reason": "length"' in rest
+        # uvicorn shuts down cleanly, then re-raises the signal it caught, so the status says SIGTERM
+        assert server.proc.wait(timeout=20) in (0, -15)
+        assert "Traceback" not in server.proc.stdout.read()
+    finally:
+        server.stop()

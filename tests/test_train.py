@@ -90,6 +90,7 @@ def pretrain_command(data, out, steps):
             "train.batch_size=8", "train.eval_every=50", "train.log_every=5", "train.progress=false"]
 
 
+@pytest.mark.slow  # a longer check (make test-slow): the default suite stays near 10 minutes
 def test_resume_after_a_real_kill_is_bitwise_identical(char_data, tmp_path):
     steps = 300
     reference = tmp_path / "reference"

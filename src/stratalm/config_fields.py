@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import re
 import types
 import typing
-from typing import Any
+from typing import Any, Callable, Optional
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputExistsError
 
 
 def did_you_mean(word: str, choices: Any) -> str:
@@ -23,11 +25,59 @@ def did_you_mean(word: str, choices: Any) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def setting(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line help shown by `--help`."""
+# A check of a setting's value: None when the value is fine, else what it must be ("at least 1").
+Check = Callable[[Any], Optional[str]]
+
+
+def at_least(low: float) -> Check:
+    return lambda value: None if value >= low else f"at least {low}"
+
+
+def above(low: float) -> Check:
+    return lambda value: None if value > low else f"above {low}"
+
+
+def within(low: float, high: float) -> Check:
+    """low <= value < high (AdamW's betas, dropout rates, shares)."""
+    return lambda value: None if low <= value < high else f"in [{low}, {high})"
+
+
+def from_to(low: float, high: float) -> Check:
+    """low <= value <= high (a share of tokens)."""
+    return lambda value: None if low <= value <= high else f"in [{low}, {high}]"
+
+
+def above_up_to(low: float, high: float) -> Check:
+    """low < value <= high (a decay factor, top-p)."""
+    return lambda value: None if low < value <= high else f"in ({low}, {high}]"
+
+
+def one_of(*choices: str) -> Check:
+    return lambda value: None if value in choices else f"one of {', '.join(choices)}"
+
+
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def device_name(value: Any) -> Optional[str]:
+    return None if DEVICE_NAME.match(str(value)) else "cpu, cuda, cuda:N or auto"
+
+
+def require(name: str, value: Any, check: Check) -> None:
+    """Refuse `value` of the setting or flag `name` in one sentence unless it passes `check`; the one
+    wording of every such error, whether the value came from a config file, a flag or a call."""
+    wanted = check(value)
+    if wanted:
+        raise ConfigError(f"{name} must be {wanted}; got {value!r}.")
+
+
+def setting(default: Any, help: str, check: Optional[Check] = None) -> Any:
+    """A dataclass field with a default and a one-line help shown by `--help`; `check` refuses a
+    bad value when the config is read (update_dataclass), before anything is built or written."""
+    metadata = {"help": help, "check": check}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def field_type(cls: type, name: str) -> Any:
@@ -42,6 +92,9 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         return coerce(value, args[0], key)
+    if annotation in (bool, int, float, str) and (isinstance(value, (list, dict)) or
+                                                  (isinstance(value, bool) and annotation in (int, float))):
+        raise ConfigError(f"config key '{key}' expects {annotation.__name__}, got {value!r}.")
     try:
         if annotation is bool:
             if isinstance(value, bool):
@@ -81,8 +134,18 @@ def update_dataclass(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
                 raise ConfigError(f"config key '{prefix}{key}' is a section; give it keys, e.g. {prefix}{key}.<name>=value.")
             changes[key] = update_dataclass(current, value, f"{prefix}{key}.")
         else:
+            if isinstance(value, dict) and field_type(type(obj), key) is not dict:  # a dict field (task_options) takes one
+                raise ConfigError(f"config key '{prefix}{key}' takes a value, not a section of keys; give it as "
+                                  f"{prefix}{key}=VALUE.")
             changes[key] = coerce(value, field_type(type(obj), key), prefix + key)
+            check = _field(obj, key).metadata.get("check")
+            if check is not None and changes[key] is not None:
+                require(f"config key '{prefix}{key}'", changes[key], check)
     return dataclasses.replace(obj, **changes)
+
+
+def _field(obj: Any, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(obj) if f.name == name)
 
 
 def unknown_key(key: str, valid: list[str]) -> ConfigError:
@@ -108,11 +171,17 @@ def dotted_to_nested(pairs: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def merge_nested(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_nested(base: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`extra` on top of `base`, section by section. A section on one side and a plain value on the
+    other (a YAML `train: 5` under a `train.lr=...` override) is an error: neither may hide the other."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_nested(out[key], value)
+            out[key] = merge_nested(out[key], value, f"{prefix}{key}.")
+        elif key in out and out[key] is not None and isinstance(value, dict) != isinstance(out[key], dict):
+            plain = value if not isinstance(value, dict) else out[key]
+            raise ConfigError(f"config key '{prefix}{key}' is a section of keys, but is also given the value {plain!r}; "
+                              f"give its keys instead, e.g. {prefix}{key}.<name>=value.")
         else:
             out[key] = value
     return out
@@ -131,11 +200,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
+    if os.path.isdir(path):
+        raise ConfigError(f"config file '{path}' is a folder; give the path of a YAML file.")
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text; give a YAML file.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML ({str(exc).splitlines()[0]}).") from None
     if not isinstance(data, dict):
@@ -163,3 +236,42 @@ def field_help(obj: Any, dotted: str) -> str:
         obj = getattr(obj, section)
     spec = next(f for f in dataclasses.fields(obj) if f.name == name)
     return f"{spec.metadata.get('help', '')} (default {getattr(obj, name)!r})"
+
+
+# -- the --out setting: what the folder already holds ------------------------------------------------
+PRETRAINING_RUN, FINETUNING_RUN = "pretraining run", "fine-tuning run"  # a recipe's `kind`
+PREPARED_DATA = "prepared data folder"
+
+
+def folder_kind(path: str) -> Optional[str]:
+    """What stratalm wrote in the folder `path`: a pretraining run, a fine-tuning run, a fine-tuned
+    model folder (task.json without run.yaml), a prepared data folder, a model folder; None when it
+    holds nothing of these (absent, empty, or other files)."""
+    def has(name: str) -> bool:
+        return os.path.isfile(os.path.join(path, name))
+
+    if has("manifest.json"):
+        return PREPARED_DATA
+    if has("run.yaml"):
+        try:
+            saved = load_yaml(os.path.join(path, "run.yaml"))
+        except ConfigError:  # unreadable: the run folder's own checks say so
+            saved = {}
+        return FINETUNING_RUN if "task" in saved or has("task.json") else PRETRAINING_RUN
+    if has("task.json"):
+        return "fine-tuned model folder"
+    return "model folder" if has("config.json") else None
+
+
+def check_output_folder(out: str, kind: str) -> None:
+    """Refuse an --out that is a file, or a folder that holds something else than a run of `kind`:
+    --resume and --overwrite apply to a run of the same kind only, so neither a prepared data folder
+    nor a model is ever written over."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputExistsError(f"--out '{out}' is a file, not a folder; choose another --out.")
+    found = folder_kind(out) if os.path.isdir(out) else None
+    # A run of a recipe outside stratalm (its own `kind`) may write where a run folder is.
+    foreign_run = kind not in (PRETRAINING_RUN, FINETUNING_RUN, PREPARED_DATA) and found in (PRETRAINING_RUN, FINETUNING_RUN)
+    if found is not None and found != kind and not foreign_run:
+        raise OutputExistsError(f"--out '{out}' holds a {found}, not a {kind}; choose another --out (--resume and "
+                                f"--overwrite apply to a {kind} only).")

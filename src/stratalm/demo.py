@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 
+from .config_fields import at_least, require
 from .errors import OutputExistsError
 
 MARKER = "stratalm-demo.json"
@@ -31,6 +32,10 @@ def run_demo(out: str = "runs/demo", steps: int | None = None) -> None:
     from .data import prepare
     from .loop.pretraining import build_run_config, pretrain
 
+    if steps is not None:  # checked before anything is written: a refused value leaves no half-built folder
+        require("--steps", steps, at_least(1))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputExistsError(f"--out '{out}' is a file, not a folder; choose another --out.")
     if os.path.exists(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)):
         raise OutputExistsError(f"'{out}' exists and is not a demo folder; choose another --out.")
     shutil.rmtree(out, ignore_errors=True)
@@ -49,7 +54,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None) -> None:
         # (rotary positions, RMSNorm, SwiGLU), no dropout, a separate output head, a large batch and lr.
         "model": {"preset": "llama-tiny", "n_layers": 4, "n_heads": 4, "n_kv_heads": 4, "d_model": 128, "d_ff": 344,
                   "max_seq_len": 128, "dropout": 0.0, "tie_embeddings": False},
-        "train": {"max_steps": steps or DEMO_STEPS, "batch_size": 32, "lr": 3e-3, "min_lr": 1e-4,
+        "train": {"max_steps": DEMO_STEPS if steps is None else steps, "batch_size": 32, "lr": 3e-3, "min_lr": 1e-4,
                   "warmup_steps": 30, "eval_every": 100, "eval_windows": 200, "log_every": 10},
     })
     result = pretrain(run)

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .config_fields import at_least, require
 from .errors import ConfigError, StratalmError
 from .precision import autocast, choose_precision
 
@@ -21,6 +22,22 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor
         return hidden[:, 0]
     last = mask.sum(dim=1) - 1  # right padding: the last real token
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _checked_texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list of strings; one string is refused, since iterating it would embed each of its
+    characters as a sentence."""
+    if isinstance(texts, str):
+        raise ConfigError("encode takes a list of texts, not one string (which it would read as one text per "
+                          "character); pass [text].")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise ConfigError(f"encode takes a list of texts; got a {type(texts).__name__}.") from None
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ConfigError(f"text {index} given to encode is {text!r}, not a string; give every text as a string.")
+    return texts
 
 
 @torch.inference_mode()
@@ -41,6 +58,8 @@ def encode(
     fp32, the default, matches transformers to 1e-6."""
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got '{pooling}'.")
+    texts = _checked_texts(texts)
+    require("batch_size", batch_size, at_least(1))
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise StratalmError("this model has no tokenizer; load it from a folder that holds tokenizer.json.")

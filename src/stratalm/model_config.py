@@ -13,7 +13,7 @@ from typing import Any, Optional
 from .config_fields import setting, update_dataclass
 from .errors import ConfigError
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "relu2", "silu")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "sinusoidal", "rope", "relative_buckets", "relative_sinusoidal", "none")
 CLASSIFIERS = ("pooled", "dense", "last")
@@ -34,7 +34,7 @@ class ModelConfig:
     n_kv_heads: Optional[int] = setting(None, "heads for keys/values; fewer than n_heads = grouped-query attention (None = n_heads)")
     head_dim: Optional[int] = setting(None, "width of one head (None = d_model / n_heads)")
     d_ff: int = setting(3072, "hidden width of the feed-forward layer")
-    activation: str = setting("gelu_tanh", "feed-forward nonlinearity: gelu, gelu_tanh, relu or silu")
+    activation: str = setting("gelu_tanh", "feed-forward nonlinearity: gelu, gelu_tanh, relu, relu2 (relu squared, modded-nanogpt) or silu")
     gated: bool = setting(False, "gated feed-forward (silu -> SwiGLU, gelu -> GeGLU) instead of a plain MLP")
     norm: str = setting("layernorm", "normalisation: layernorm or rmsnorm")
     norm_eps: float = setting(1e-5, "epsilon inside every norm")
@@ -49,6 +49,7 @@ class ModelConfig:
     relative_segments: bool = setting(False, "XLNet: segments enter attention as a learned same/different-segment term per head (r_s bias, seg_embed), not as an embedding")
     query_stream: bool = setting(False, "XLNet: a learned mask_emb starts the query stream of two-stream attention, run when a target_mapping is given")
     mem_len: int = setting(0, "XLNet memory: how many of the latest hidden states per layer a forward returns for the next segment (0 = all)")
+    qk_norm: bool = setting(False, "RMSNorm (a learned gain per channel) on each head's queries and keys before their product: bounded scores, a higher stable lr")
     attention_scale: Optional[float] = setting(None, "multiplier of q.k before the softmax (None = 1/sqrt(head_dim); T5 uses 1)")
     padding_positions: bool = setting(False, "RoBERTa: positions count from pad_token_id + 1; padding sits at pad_token_id")
     type_vocab_size: int = setting(0, "rows of the token-type (segment) embedding; 0 = no segments (BERT uses 2)")
@@ -61,6 +62,7 @@ class ModelConfig:
     dropout: float = setting(0.0, "dropout on embeddings, sublayer outputs (0 = off, the fast path)")
     attention_dropout: float = setting(0.0, "dropout on attention probabilities")
     tie_embeddings: bool = setting(True, "the LM head reuses the token embedding matrix")
+    logit_softcap: float = setting(0.0, "the LM head's logits become cap * tanh(logits / cap), bounded by this cap (0 = off; Gemma 2, modded-nanogpt)")
     lm_head_scale: bool = setting(False, "scale the last hidden state by d_model^-0.5 before the LM head (T5 v1.0)")
     decoder_start_token_id: int = setting(0, "encoder-decoder: the token the decoder starts from (T5: pad = 0)")
     mlm_head: bool = setting(False, "encoder: masked-LM head (dense, activation, norm, tied decoder with bias)")
@@ -76,6 +78,7 @@ class ModelConfig:
     classifier: str = setting("pooled", "classification head: pooled (a linear layer on the pooler, BERT/ALBERT), dense (dense + activation + linear on the first token, RoBERTa/ELECTRA) or last (the same on the last token, XLNet's sequence summary)")
     init_std: float = setting(0.02, "standard deviation of the initial weights")
     scale_residual_init: bool = setting(True, "shrink output projections' init by 1/sqrt(2 n_layers) (GPT-2)")
+    zero_init_output: bool = setting(False, "the projections that write into the residual stream (attention out, feed-forward down) start at zero, so each block starts as the identity")
     init_scheme: str = setting("normal", "initial weights: normal (N(0, init_std), GPT-2/BERT) or t5 (unit embeddings, fan-in scaled projections, as T5)")
 
     def __post_init__(self) -> None:
@@ -101,6 +104,7 @@ class ModelConfig:
             (self.n_heads % self.kv_heads == 0, f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})"),
             (self.position != "rope" or self.dim_per_head % 2 == 0, "rotary positions need an even head_dim"),
             (0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.logit_softcap >= 0, "logit_softcap must be 0 (off) or positive"),
         ]
         for ok, message in checks:
             if not ok:

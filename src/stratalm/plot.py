@@ -22,9 +22,13 @@ def read_metrics(run_dir: str) -> list[dict]:
     with open(path) as handle:
         for line in handle:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), (int, float)):
+                raise DataError(f"'{path}' holds a line that is not a metrics record ({line.strip()[:40]}); give the "
+                                f"metrics.jsonl a training run wrote (one JSON object with a step per line).")
+            records.append(record)
     if not records:
         raise DataError(f"'{path}' holds no metrics yet.")
     return records
@@ -43,9 +47,13 @@ def _pyplot():
 
 def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     """Draw the run's curves; returns the PNG's path (default RUN_DIR/curves.png)."""
+    out = out or os.path.join(run_dir, "curves.png")
+    if os.path.isdir(out):
+        raise DataError(f"--out '{out}' is a folder; give the path of the PNG file to write.")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise DataError(f"--out '{out}' is in a folder that does not exist; create it first.")
     plt = _pyplot()
     fig = draw_curves(read_metrics(run_dir), os.path.basename(os.path.abspath(run_dir)))
-    out = out or os.path.join(run_dir, "curves.png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

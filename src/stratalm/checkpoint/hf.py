@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -16,6 +17,7 @@ from ..families import hf_family, hf_family_of
 from ..model_config import ModelConfig
 from ..models import build_model
 from ..tokenize import Tokenizer
+from ..tokenize.convert import VOCABULARY_FILES
 from .hf_tokenizer import GENERATION_CONFIG, generation_config, token_ids, write_json, write_tokenizer_files
 from .native import CONFIG, TOKENIZER, WEIGHTS, check_tokenizer
 from .transaction import commit_files, pending_folder
@@ -41,7 +43,9 @@ def read_hf_weights(path: str) -> dict[str, torch.Tensor]:
     pickle = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(pickle):
         try:
-            return torch.load(pickle, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about a bare pickle's protocol before refusing it
+                warnings.simplefilter("ignore")
+                return torch.load(pickle, map_location="cpu", weights_only=True)
         except Exception:
             raise CheckpointError(
                 f"'{pickle}' is a pickle that does not load with weights_only=True; stratalm refuses arbitrary pickles."
@@ -86,9 +90,9 @@ def load_hf(path: str, hf_config: dict[str, Any]) -> torch.nn.Module:
     converted = family.from_hf_state(weights, config, path, expected)
     del weights  # each original now lives only in its converted view, and goes as the model takes it
     load_state_into(model, converted, path, adopt=True)
-    tokenizer_file = os.path.join(path, TOKENIZER)
-    if os.path.isfile(tokenizer_file):
-        model.tokenizer = Tokenizer.load(tokenizer_file)
+    # tokenizer.json, else the family's vocab.txt or spiece.model, converted (tokenize/convert.py)
+    if any(os.path.isfile(os.path.join(path, name)) for name in (TOKENIZER, *VOCABULARY_FILES)):
+        model.tokenizer = Tokenizer.load(path)
         check_tokenizer(model.tokenizer, config, path)
     return model
 

@@ -16,7 +16,7 @@ from ..model_config import ModelConfig
 from ..models import build_model
 from ..tokenize import Tokenizer
 from ..version import __version__
-from .transaction import commit_files, pending_folder
+from .transaction import atomic_update
 from .weights import load_state_into, model_state, release_weights
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
@@ -42,9 +42,8 @@ def write_model_description(model: torch.nn.Module, folder: str) -> None:
 
 def save_native(model: torch.nn.Module, path: str) -> None:
     """Write `model` (and its tokenizer) as a stratalm checkpoint folder, atomically."""
-    staging = pending_folder(path)
-    write_model_files(model, staging)
-    commit_files(path)
+    with atomic_update(path, "the model") as staging:
+        write_model_files(model, staging)
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -80,6 +79,11 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(file)
     except (SafetensorError, OSError, ValueError) as exc:
+        with open(file, "rb") as handle:
+            head = handle.read(4)
+        if head[:1] == b"\x80" or head == b"PK\x03\x04":  # a pickle (protocol 2+), or torch.save's zip of pickles
+            raise CheckpointError(f"'{file}' is a pickle, not safetensors, and stratalm never unpickles; save the weights "
+                                  f"with safetensors (safetensors.torch.save_file).") from None
         raise CheckpointError(f"'{file}' is corrupt or truncated ({str(exc)[:100]}).") from None
 
 

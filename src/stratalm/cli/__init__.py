@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..errors import StratalmError
 from ..version import __version__
-from . import lens, models, serve, tasks, training
+from . import chat, lens, models, prompting, serve, tasks, training
 from .parsing import HelpFromLine, parse_command_line
 
 
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stratalm", description="Build, pretrain and sample Transformer language models.")
     parser.add_argument("--version", action="version", version=f"stratalm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=HelpFromLine)
-    for group in (training, models, tasks, lens, serve):
+    for group in (training, models, chat, prompting, tasks, lens, serve):
         group.add_parsers(sub)
     parser.commands = sub.choices  # name -> the subcommand's parser (its errors show its own usage)
     return parser
@@ -32,7 +32,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.func(args)
     except StratalmError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)  # a run stopped by a signal exits as 128 + the signal (loop/faults.py)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

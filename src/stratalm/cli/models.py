@@ -4,16 +4,26 @@ from __future__ import annotations
 import argparse
 
 
-def _generate(args: argparse.Namespace) -> None:
-    from ..checkpoint import load
-    from ..generate import check_generation_options, choose_device, generate
+def sampling_options(args: argparse.Namespace, num_samples=None) -> dict:
+    """The keyword arguments of `generate` that the flags of `add_sampling_flags` give, checked
+    before any model loads (`stratalm chat` shares them)."""
+    from ..generate import check_generation_options
 
     stops = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop or []]
-    check_generation_options(args.temperature, args.beams, args.num_samples, args.repetition_penalty, stops)
+    check_generation_options(args.temperature, args.beams, num_samples, args.repetition_penalty, stops,
+                             args.max_new_tokens, args.top_k, args.top_p)
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, seed=args.seed, stop=stops, repetition_penalty=args.repetition_penalty,
+                beams=args.beams, precision=args.precision)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from ..checkpoint import load
+    from ..generate import choose_device, generate
+
+    options = sampling_options(args, args.num_samples)
     model = load(args.model_dir, choose_device(args.device))
-    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed, stop=stops, repetition_penalty=args.repetition_penalty,
-                   beams=args.beams, echo=not args.no_echo, precision=args.precision)
+    options["echo"] = not args.no_echo
     if args.num_samples is None:  # one text, printed as it is produced
         generate(model, args.prompt, on_text=lambda t: print(t, end="", flush=True), **options)
         print()
@@ -55,29 +65,31 @@ def _convert(args: argparse.Namespace) -> None:
 
     from ..checkpoint import is_native, load, save
     from ..errors import OutputExistsError
+    from ..config_fields import folder_kind
 
     target = args.to or ("hf" if is_native(args.src) else "stratalm")
-    if os.path.exists(args.dst) and os.listdir(args.dst) and not args.overwrite:
+    if os.path.exists(args.dst) and not os.path.isdir(args.dst):
+        raise OutputExistsError(f"'{args.dst}' is a file, not a folder; choose another destination.")
+    if os.path.isdir(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst):
+        raise OutputExistsError(f"the destination '{args.dst}' is the source folder, whose files the export would "
+                                f"replace; choose another destination.")
+    kind = folder_kind(args.dst) if os.path.isdir(args.dst) else None
+    if kind not in (None, "model folder"):  # --overwrite replaces a model, never a run or prepared data
+        raise OutputExistsError(f"'{args.dst}' holds a {kind}, not a model folder; choose another destination.")
+    if os.path.isdir(args.dst) and os.listdir(args.dst) and not args.overwrite:
         raise OutputExistsError(f"'{args.dst}' already exists and is not empty; choose another destination or pass --overwrite.")
     model = load(args.src)  # a LoRA fine-tune comes with its adapter merged: the export is the adapted model
     save(model, args.dst, format=target)
     print(f"wrote {args.dst} ({target} format, {model.config.family})")
 
 
-def add_parsers(sub) -> None:
-    p = sub.add_parser("generate", help="continue a prompt with a trained model",
-                       description="Continue a prompt with a decoder. Prints the prompt followed by the "
-                                   "continuation (--no-echo: the continuation only), exactly what "
-                                   "stratalm.generate(..., echo=True) returns.")
-    p.add_argument("model_dir", help="checkpoint folder")
-    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """How `generate` decodes: the flags `stratalm generate` and `stratalm chat` share."""
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
-    p.add_argument("--num-samples", type=int, default=None, metavar="N",
-                   help="draw N samples together, each printed after a '--- sample i of N ---' line")
     p.add_argument("--beams", type=int, default=1, metavar="N",
                    help="beam search with N beams (deterministic: temperature, top-k, top-p and seed do not apply); "
                         "1 = no beam search")
@@ -91,6 +103,18 @@ def add_parsers(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
                    help="fp32 (default: the tokens transformers gives), bf16 autocast, or auto (bf16 on CUDA and on "
                         "CPUs with AMX, where it is about 3x faster; fp32 elsewhere)")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("generate", help="continue a prompt with a trained model",
+                       description="Continue a prompt with a decoder. Prints the prompt followed by the "
+                                   "continuation (--no-echo: the continuation only), exactly what "
+                                   "stratalm.generate(..., echo=True) returns.")
+    p.add_argument("model_dir", help="checkpoint folder")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    add_sampling_flags(p)
+    p.add_argument("--num-samples", type=int, default=None, metavar="N",
+                   help="draw N samples together, each printed after a '--- sample i of N ---' line")
     p.add_argument("--no-echo", action="store_true", help="print the continuation only, not the prompt before it")
     p.set_defaults(func=_generate)
 

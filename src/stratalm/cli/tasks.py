@@ -60,11 +60,29 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(evaluate(args.model, args.data, args.batch_size, args.device, _task_flags(args))))
 
 
+def _check_predictions_file(out: str, data: str) -> None:
+    """--out is a file to (over)write, never the input itself and never a folder."""
+    import os
+
+    from ..errors import OutputExistsError
+
+    if os.path.isdir(out):
+        raise OutputExistsError(f"--out '{out}' is a folder; give the path of the JSONL file to write.")
+    if os.path.exists(out) and os.path.exists(data) and os.path.samefile(out, data):
+        raise OutputExistsError(f"--out '{out}' is the --data file, which the predictions would overwrite; "
+                                f"choose another --out.")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise OutputExistsError(f"--out '{out}' is in a folder that does not exist ({parent}); create it first.")
+
+
 def _predict(args: argparse.Namespace) -> None:
     import json
 
     from ..tasks import predict
 
+    if args.out:
+        _check_predictions_file(args.out, args.data)
     lines = [json.dumps(p, ensure_ascii=False) for p in predict(args.model, args.data, args.batch_size, args.device,
                                                                 _task_flags(args))]
     if args.out:

@@ -12,7 +12,8 @@ def _prepare(args: argparse.Namespace) -> None:
 
     manifest = prepare(args.inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                        val_share=args.val_share, seed=args.seed, text_field=args.text_field, overwrite=args.overwrite,
-                       progress=not args.quiet, sentinels=args.sentinels)
+                       progress=not args.quiet, sentinels=args.sentinels, lowercase=args.lowercase,
+                       tokenizer_family=args.tokenizer_family, workers=args.workers)
     print(f"wrote {args.out}: {manifest['n_tokens']:,} tokens ({manifest['dtype']}) in {manifest['n_documents']:,} "
           f"documents, vocabulary {manifest['vocab_size']:,}; {describe_split(manifest)}")
 
@@ -72,14 +73,26 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("prepare", help="text files, folders or JSONL -> tokenizer + token shards")
     p.add_argument("inputs", nargs="+", help="text files, folders of them, or JSONL files (one document per line)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tokenizer", default="bpe", help="bpe (byte-level BPE), char, or the path of a tokenizer.json")
-    p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (default 8192)")
+    p.add_argument("--tokenizer", default="bpe",
+                   help="bpe (byte-level BPE, GPT-2), char, wordpiece (BERT, ELECTRA), unigram (SentencePiece-style: T5, "
+                        "ALBERT, XLNet), or the path of a tokenizer.json or of a Hugging Face folder (vocab.txt and "
+                        "spiece.model are converted)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="bpe, wordpiece or unigram vocabulary size (default 8192)")
+    p.add_argument("--tokenizer-family", choices=["bert", "electra", "t5", "albert", "xlnet"],
+                   help="whose special tokens and input template a wordpiece (bert, electra; default bert) or unigram "
+                        "(t5, albert, xlnet; default t5) tokenizer gets")
+    p.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
+                   help="lowercase (and strip accents) before tokenizing, for wordpiece and unigram (default: the "
+                        "family's: bert and albert lowercase, t5 and xlnet do not)")
     p.add_argument("--val-share", "--val-fraction", dest="val_share", type=float, default=0.1,
                    help="share of the documents held out for validation, drawn with --seed (default 0.1); with too "
                         "few documents to hold out whole ones (one text file), the last share of the tokens")
     p.add_argument("--seed", type=int, default=0, help="seed of the choice of validation documents (default 0)")
     p.add_argument("--text-field", default="text", help="JSONL field that holds the text")
     p.add_argument("--sentinels", type=int, default=0, help="add N sentinel tokens <extra_id_0..N-1> (T5 span corruption)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that encode in parallel, a few batches each in flight so memory stays bounded "
+                        "(default 1: this process, with the encoder's own threads)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare)

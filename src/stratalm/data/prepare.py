@@ -19,19 +19,21 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
 
+from ..config_fields import PREPARED_DATA, at_least, check_output_folder, require
 from ..errors import DataError, OutputExistsError
-from ..tokenize import Tokenizer, train_bpe, train_char
+from ..tokenize import Tokenizer, train_bpe, train_char, train_unigram, train_wordpiece
+from .encode import encoded_batches
 from .sources import document_sizes, iter_documents, iter_texts, list_input_files
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-ENCODE_BATCH_CHARS = 4 << 20  # text handed to the (parallel) Rust encoder at once
 COPY_TOKENS = 16 << 20  # held-out tokens moved behind the training documents at once
+SUBWORD_TRAINERS = {"wordpiece": train_wordpiece, "unigram": train_unigram}  # each family's own kind
 
 
 class ShardWriter:
@@ -46,9 +48,20 @@ class ShardWriter:
         self._in_shard = 0
         self._docs = open(os.path.join(folder, "documents.bin"), "wb")
 
-    def start_document(self) -> None:
-        np.array([self.n_tokens], dtype=np.uint64).tofile(self._docs)
-        self.n_documents += 1
+    def write_pieces(self, starts: np.ndarray, lengths: np.ndarray, ids: np.ndarray, separator: Optional[np.ndarray]) -> None:
+        """Pieces of documents in stream order, their ids flat: each piece that starts a document
+        is recorded in documents.bin and follows a separator (but the stream's first), all in a
+        few array operations however many pieces there are."""
+        offsets = np.cumsum(lengths) - lengths  # where each piece begins in `ids`
+        first = np.flatnonzero(starts)
+        before = np.zeros(len(first), dtype=np.int64)  # separators inserted up to each document start
+        if separator is not None and len(first):
+            gaps = first if self.n_documents else first[1:]
+            ids = np.insert(ids, offsets[gaps], separator[0])
+            before = np.arange(len(first)) + (1 if self.n_documents else 0)
+        (self.n_tokens + offsets[first] + before).astype(np.uint64).tofile(self._docs)
+        self.n_documents += len(first)
+        self.write(ids)
 
     def write(self, ids: np.ndarray) -> None:
         while len(ids):
@@ -75,35 +88,23 @@ class ShardWriter:
         self._docs.close()
 
 
-def _build_tokenizer(kind: str, inputs: list[str], vocab_size: int, text_field: str, progress: bool) -> Tokenizer:
+def _build_tokenizer(kind: str, inputs: list[str], vocab_size: int, text_field: str, progress: bool,
+                     lowercase: Optional[bool] = None, family: Optional[str] = None) -> Tokenizer:
+    if family is not None and kind not in SUBWORD_TRAINERS:
+        raise DataError(f"--tokenizer-family chooses the special tokens of a wordpiece or unigram tokenizer, not of '{kind}'.")
+    if lowercase is not None and kind not in SUBWORD_TRAINERS:
+        raise DataError(f"--lowercase applies to wordpiece and unigram tokenizers, not to '{kind}'.")
     if kind == "bpe":
         return train_bpe(iter_texts(inputs, text_field), vocab_size, show_progress=progress)
     if kind == "char":
         return train_char(iter_texts(inputs, text_field))
+    if kind in SUBWORD_TRAINERS:
+        return SUBWORD_TRAINERS[kind](iter_texts(inputs, text_field), vocab_size, lowercase=lowercase, family=family,
+                                      show_progress=progress)
     if os.path.exists(kind):
         return Tokenizer.load(kind)
-    raise DataError(f"--tokenizer must be bpe, char, or the path of a tokenizer.json; '{kind}' is none of these.")
-
-
-def _encoded_documents(tokenizer: Tokenizer, inputs: list[str], text_field: str, bar) -> Iterator[tuple[bool, np.ndarray]]:
-    """Yield (starts_a_document, ids) in corpus order, encoding many pieces per call to the encoder."""
-    batch: list[tuple[bool, str]] = []
-    size = 0
-
-    def flush():
-        encoded = tokenizer.encode_batch([text for _, text in batch])
-        for (starts, text), ids in zip(batch, encoded):
-            bar.update(len(text.encode("utf-8")))
-            yield starts, np.asarray(ids, dtype=np.int64)
-
-    for document in iter_documents(inputs, text_field):
-        for index, piece in enumerate(document):
-            batch.append((index == 0, piece))
-            size += len(piece)
-            if size >= ENCODE_BATCH_CHARS:
-                yield from flush()
-                batch, size = [], 0
-    yield from flush()
+    raise DataError(f"--tokenizer must be bpe, char, wordpiece, unigram, or the path of a tokenizer.json (or of a "
+                    f"Hugging Face folder); '{kind}' is none of these.")
 
 
 def held_out_documents(sizes: list[int], share: float, seed: int) -> set[int]:
@@ -138,29 +139,40 @@ class HeldOut:
         self.lengths: list[int] = []
         self._file = open(self.path, "wb")
 
-    def start_document(self) -> None:
-        self.lengths.append(0)
-
-    def write(self, ids: np.ndarray) -> None:
+    def write_pieces(self, starts: np.ndarray, lengths: np.ndarray, ids: np.ndarray, separator: Optional[np.ndarray]) -> None:
+        """As ShardWriter.write_pieces; the separators come when the documents are appended."""
         ids.astype(self.dtype).tofile(self._file)
-        self.lengths[-1] += len(ids)
+        first = np.flatnonzero(starts)
+        carried = lengths[:first[0]] if len(first) else lengths  # the end of a document begun before
+        if len(carried):
+            self.lengths[-1] += int(carried.sum())
+        if len(first):
+            self.lengths.extend(np.add.reduceat(lengths, first).tolist())
 
     def append_to(self, writer: ShardWriter, separator: Optional[np.ndarray]) -> int:
-        """Write the held-out documents into `writer`; returns where the first one starts."""
+        """Write the held-out documents into `writer`, as many whole ones per call as fit in
+        COPY_TOKENS (a larger one in pieces); returns where the first one starts."""
         self._file.close()
         tokens = np.memmap(self.path, dtype=self.dtype, mode="r") if sum(self.lengths) else np.zeros(0, self.dtype)
-        start, offset = None, 0
-        for length in self.lengths:
-            if writer.n_documents and separator is not None:
-                writer.write(separator)
-            writer.start_document()
-            start = writer.n_tokens if start is None else start
-            for piece in range(offset, offset + length, COPY_TOKENS):
-                writer.write(np.asarray(tokens[piece:min(piece + COPY_TOKENS, offset + length)]))
-            offset += length
+        lengths = np.array(self.lengths, dtype=np.int64)
+        ends = np.cumsum(lengths)
+        begins = ends - lengths
+        first = writer.n_tokens + int(separator is not None and writer.n_documents > 0 and len(lengths) > 0)
+        i = 0
+        while i < len(lengths):
+            j = max(i + 1, int(np.searchsorted(ends, begins[i] + COPY_TOKENS, side="right")))
+            lo, hi = int(begins[i]), int(ends[j - 1])
+            if hi - lo <= COPY_TOKENS:
+                writer.write_pieces(np.ones(j - i, dtype=bool), lengths[i:j], np.asarray(tokens[lo:hi]), separator)
+            else:  # one document larger than a copy
+                for piece in range(lo, hi, COPY_TOKENS):
+                    size = min(COPY_TOKENS, hi - piece)
+                    writer.write_pieces(np.array([piece == lo]), np.array([size]), np.asarray(tokens[piece:piece + size]),
+                                        separator)
+            i = j
         del tokens
         os.remove(self.path)
-        return writer.n_tokens if start is None else start
+        return first
 
 
 def prepare(
@@ -176,20 +188,28 @@ def prepare(
     sentinels: int = 0,
     seed: int = 0,
     val_fraction: Optional[float] = None,
+    lowercase: Optional[bool] = None,
+    tokenizer_family: Optional[str] = None,
+    workers: int = 1,
 ) -> dict:
     """Tokenize `inputs` into `out`; returns the manifest. The folder appears only when complete.
     `val_share` of the documents (seeded by `seed`) is held out for validation; `val_fraction` is
-    its older name."""
+    its older name. `lowercase` and `tokenizer_family` shape a wordpiece or unigram tokenizer
+    (None: the family's default; the family t5 for unigram, bert for wordpiece). `workers`
+    processes encode in parallel (data/encode.py); the result is the same for any number."""
     files = list_input_files(inputs)
     val_share = val_fraction if val_fraction is not None else val_share
     if not 0.0 <= val_share < 1.0:
         raise DataError(f"the validation share must be in [0, 1); got {val_share}.")
+    require("--sentinels", sentinels, at_least(0))
+    require("--workers", workers, at_least(1))
+    check_output_folder(out, PREPARED_DATA)  # a file, a run or a model is never replaced
     if os.path.exists(out) and os.listdir(out) and not overwrite:
         raise OutputExistsError(f"'{out}' already exists and is not empty; choose another --out or pass --overwrite.")
     if sum(os.path.getsize(f) for f in files) == 0:
         raise DataError(f"the input is empty ({', '.join(files[:3])}); give files that hold text.")
 
-    tok = _build_tokenizer(tokenizer, files, vocab_size, text_field, progress)
+    tok = _build_tokenizer(tokenizer, files, vocab_size, text_field, progress, lowercase, tokenizer_family)
     if sentinels:  # T5's span-corruption markers, after every other token so no id moves
         tok.backend.add_special_tokens([f"<extra_id_{i}>" for i in range(sentinels)])
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
@@ -203,16 +223,17 @@ def prepare(
         aside = HeldOut(staging, dtype)
         separator = np.array([tok.eos_id], dtype=np.int64) if tok.eos_id is not None else None
         total_bytes = sum(os.path.getsize(f) for f in files)
-        document, target = -1, writer
+        document, held_index = -1, np.array(sorted(held_out), dtype=np.int64)
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
-            for starts, ids in _encoded_documents(tok, files, text_field, bar):
-                if starts:
-                    document += 1
-                    target = aside if document in held_out else writer
-                    if target is writer and writer.n_documents and separator is not None:
-                        writer.write(separator)
-                    target.start_document()
-                target.write(ids)
+            for starts, lengths, ids, size in encoded_batches(tok.backend, iter_documents(files, text_field), workers):
+                documents = document + np.cumsum(starts)  # the document of each piece
+                document = int(documents[-1])
+                # Each side (training stream, held out) takes its pieces of the batch in one call.
+                held = np.isin(documents, held_index)
+                for target, chosen in ((writer, ~held), (aside, held)):
+                    if chosen.any():
+                        target.write_pieces(starts[chosen], lengths[chosen], ids[np.repeat(chosen, lengths)], separator)
+                bar.update(size)
         n_train = aside.append_to(writer, separator)
         writer.close()
         if writer.n_tokens < 2:

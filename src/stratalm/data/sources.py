@@ -89,7 +89,11 @@ def _jsonl_documents(path: str, text_field: str) -> Iterator[str]:
                     raise DataError(f"'{path}' line {number} is not valid JSON.") from None
                 if not isinstance(record, dict) or text_field not in record:
                     raise DataError(f"'{path}' line {number} has no '{text_field}' field (set --text-field).")
-                yield str(record[text_field])
+                text = record[text_field]
+                if not isinstance(text, str):  # str() would make the documents "None", "12345", "['a', 'b']"
+                    raise DataError(f"'{path}' line {number}: field '{text_field}' holds {json.dumps(text)[:40]}, not a "
+                                    f"string; give each line's text as a JSON string (or drop the line).")
+                yield text
         except UnicodeDecodeError:
             raise DataError(f"'{path}' is not valid UTF-8; convert it to UTF-8.") from None
 

@@ -54,6 +54,16 @@ NO_ENCODER_EMBEDDINGS = (
 )
 
 
+# Options of the modern recipe (speedrun v2) that none of the families' transformers classes
+# has: every family is checked for them. (ReLU squared is transformers' "relu2" and exports;
+# zero-initialised projections change only the start of training.)
+NO_FAMILY_HAS = (
+    only("qk_norm", False, has="no norm on queries and keys"),
+    need("logit_softcap", lambda v, c: v == 0, "no soft-capping of the LM head's logits"),
+)
+
+
 def unrepresentable(checks: tuple[Check, ...], config: ModelConfig) -> list[str]:
-    """The phrases of the checks `config` fails (empty: the class represents it)."""
-    return [problem for problem in (check(config) for check in checks) if problem is not None]
+    """The phrases of the checks `config` fails, the family's own and NO_FAMILY_HAS (empty: the
+    class represents it)."""
+    return [problem for problem in (check(config) for check in (*checks, *NO_FAMILY_HAS)) if problem is not None]

@@ -114,8 +114,8 @@ class Family:
 
 # transformers' activation names (ACT2FN) and ours; gelu_python is exact gelu under another name.
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                  "relu": "relu", "silu": "silu", "swish": "silu"}
-ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+                  "relu": "relu", "relu2": "relu2", "silu": "silu", "swish": "silu"}
+ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "relu2": "relu2", "silu": "silu"}
 
 
 def activation_from_hf(name: str) -> str:

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ..config_fields import above_up_to, at_least, device_name, require
 from ..errors import ConfigError, StratalmError
 from ..precision import autocast, choose_precision
 from .beam import beam_search
@@ -23,6 +24,7 @@ from .sampling import stream_tokens
 
 def choose_device(name: str) -> str:
     """"auto" is CUDA when present, else the CPU; an unavailable CUDA device is refused."""
+    require("--device", name, device_name)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -31,9 +33,15 @@ def choose_device(name: str) -> str:
 
 
 def check_generation_options(temperature: float = 1.0, beams: int = 1, num_samples: Optional[int] = None,
-                             repetition_penalty: float = 1.0, stop: Sequence[str] = ()) -> None:
+                             repetition_penalty: float = 1.0, stop: Sequence[str] = (), max_new_tokens: int = 1,
+                             top_k: Optional[int] = None, top_p: Optional[float] = None) -> None:
     """Refuse, in one sentence, values that `generate` cannot use (the command checks them before
-    it loads a model)."""
+    it loads a model). A top-k or top-p that would change nothing is refused rather than ignored."""
+    require("--max-new-tokens", max_new_tokens, at_least(0))
+    if top_k is not None:
+        require("--top-k", top_k, at_least(1))
+    if top_p is not None:
+        require("--top-p", top_p, above_up_to(0, 1))
     if beams < 1:
         raise ConfigError(f"--beams must be at least 1 (1 = no beam search); got {beams}.")
     if num_samples is not None and num_samples < 1:
@@ -49,7 +57,7 @@ def check_generation_options(temperature: float = 1.0, beams: int = 1, num_sampl
         raise ConfigError("a --stop string cannot be empty.")
 
 
-class _Continuation:
+class Continuation:
     """One sample's generated text as its tokens arrive: ends at eos or at the first stop string
     (cut off), and hands out the pieces that are safe to show."""
 
@@ -117,8 +125,11 @@ def generate(
     `precision` "bf16" (or "auto": bf16 on CUDA and on CPUs with AMX) decodes under bf16 autocast;
     fp32, the default, gives the tokens transformers gives.
     """
+    if not isinstance(prompt, str):
+        raise ConfigError(f"the prompt must be a string, not a {type(prompt).__name__}; call generate once per prompt "
+                          f"(num_samples=N draws several continuations of one).")
     stops = [stop] if isinstance(stop, str) else list(stop)
-    check_generation_options(temperature, beams, num_samples, repetition_penalty, stops)
+    check_generation_options(temperature, beams, num_samples, repetition_penalty, stops, max_new_tokens, top_k, top_p)
     if model.config.stack != "decoder":
         raise StratalmError(
             f"generate continues text with a decoder model; this is a {model.config.family} {model.config.stack} model."
@@ -130,7 +141,7 @@ def generate(
     if not ids:  # an empty prompt starts a new document, which the corpus separates with eos
         ids = [tokenizer.eos_id if tokenizer.eos_id is not None else 0]
     n = num_samples or 1
-    rows = [_Continuation(tokenizer, stops) for _ in range(n)]
+    rows = [Continuation(tokenizer, stops) for _ in range(n)]
     streaming = on_text is not None and n == 1 and beams == 1
     if streaming and echo and prompt:
         on_text(prompt)
@@ -151,7 +162,7 @@ def generate(
 
 def _decode(model, ids, rows, n, max_new_tokens, temperature, top_k, top_p, seed, beams, repetition_penalty,
             on_piece) -> None:
-    """Feed each row's tokens to its _Continuation; `on_piece` gets the text of a lone streamed row."""
+    """Feed each row's tokens to its Continuation; `on_piece` gets the text of a lone streamed row."""
     tokenizer = model.tokenizer
     if beams > 1:
         best = beam_search(model, [ids], beams, max_new_tokens, tokenizer.eos_id,

@@ -13,6 +13,7 @@ from torch import nn
 from ..model_config import ModelConfig
 from .positions import RelativeAttentionTerms, RelativeContext, apply_rotary
 from .linear import Linear, linear
+from .norms import RMSNorm
 
 
 class KVCache:
@@ -56,6 +57,10 @@ class Attention(nn.Module):
             # Queries, keys and values come from one matrix: one matmul per step instead of three.
             self.qkv = Linear(config.d_model, q_width + kv_width, bias=config.attention_bias)
         self.out = Linear(q_width, config.d_model, bias=config.attention_bias)
+        # QK-norm: each head's queries and keys at unit RMS, so no score can grow with the weights'
+        # scale (modded-nanogpt; OLMo 2 and Qwen 3 do the same); one gain over head_dim, shared by heads.
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         # XLNet: content and position biases, the relative-position projection, segment terms.
         self.relative = (
             RelativeAttentionTerms(config.d_model, self.n_heads, self.head_dim, config.relative_segments)
@@ -97,13 +102,15 @@ class Attention(nn.Module):
                 k, v = cache.cross[layer]  # the encoder output does not change while decoding
             else:
                 k, v = self._heads(self.kv(memory)).chunk(2, dim=1)  # (B, nkv, S, hd) each
+                k = self._qk_norm(k, self.k_norm)  # cached normed: decoding reuses them as they are
                 if cache is not None:
                     cache.cross[layer] = (k, v)
-            q = self._heads(q)
+            q = self._qk_norm(self._heads(q), self.q_norm)
         else:
             q, k, v = self._projections(x, keys_from)
             q = self._heads(q)  # (B, nh, T, hd)
             k, v = self._heads(k), self._heads(v)  # (B, nkv, T, hd)
+            q, k = self._qk_norm(q, self.q_norm), self._qk_norm(k, self.k_norm)  # before rotary, which keeps norms
             if target_mapping is not None:  # a prediction's query stands at its target's position
                 q = target_mapping.transpose(1, 2)[:, None] @ q  # (B, 1, T, M) @ (B, nh, M, hd)
             if rotary is not None:
@@ -161,6 +168,10 @@ class Attention(nn.Module):
     def _output(self, y: torch.Tensor, B: int, T: int) -> torch.Tensor:
         """(B, nh, T, hd) -> the output projection of the heads side by side."""
         return self.out(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    @staticmethod
+    def _qk_norm(x: torch.Tensor, norm: Optional[nn.Module]) -> torch.Tensor:
+        return x if norm is None else norm(x)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, n x hd) -> (B, n, T, hd)."""

@@ -14,6 +14,7 @@ def activation_fn(name: str):
         "gelu": F.gelu,
         "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
         "relu": F.relu,
+        "relu2": lambda x: F.relu(x).square(),  # ReLU squared (So et al. 2021, Primer): sparse like relu, smooth at 0
         "silu": F.silu,
         "tanh": torch.tanh,
     }[name]

@@ -20,7 +20,7 @@ from ..models.anatomy import HEAD_NAMES
 from ..objectives import get_objective
 from ..tokenize import Tokenizer
 from .recipe import Part, Recipe, scored_per_row
-from .run_config import RunConfig, build_run_config, config_help  # noqa: F401 (the pretraining API)
+from .run_config import PRETRAINING_RUN, RunConfig, build_run_config, config_help  # noqa: F401 (the pretraining API)
 from .trainer import Loop, run as run_loop
 
 
@@ -77,7 +77,8 @@ def loss_of(objective):
 
 
 class PretrainRecipe(Recipe):
-    kind = "stratalm run"
+    kind = PRETRAINING_RUN
+    shardable = True
 
     def __init__(self, run: RunConfig) -> None:
         if not run.data or not run.out:

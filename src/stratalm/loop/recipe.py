@@ -54,6 +54,7 @@ class Recipe(ABC):
     save_at_evaluation: bool = False    # checkpoint at every evaluation (the best-so-far must survive a kill)
     evaluate_at_start: bool = False
     ddp_wrapper: bool = True            # False: gradients are averaged by hand after backward
+    shardable: bool = False             # may run under train.parallel=fsdp (its evaluation and results read no weights by hand)
     model: nn.Module
     last_loss: Optional[float] = None   # the loop's latest logged training loss
 

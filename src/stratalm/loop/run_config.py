@@ -13,18 +13,20 @@ from typing import Any, Optional
 
 import yaml
 
-from ..config_fields import coerce, describe, field_type, load_yaml, merge_nested, setting, unknown_key, update_dataclass
+from ..config_fields import (FINETUNING_RUN, PRETRAINING_RUN, at_least, check_output_folder, coerce,  # noqa: F401
+                             describe, field_type, folder_kind, load_yaml, merge_nested, require, setting, unknown_key,
+                             update_dataclass)
 from ..errors import ConfigError
 from ..model_config import ModelConfig
-from ..objectives.settings import ContrastiveConfig, MaskingConfig, ReplacedTokenConfig
+from ..objectives.settings import ContrastiveConfig, MaskingConfig, PermutationConfig, ReplacedTokenConfig
 from .config import TrainConfig
 
 
 @dataclass(frozen=True)
 class LensDynamicsConfig:
     every: int = setting(0, "steps between layer-lens measures in metrics.jsonl: per-layer logit-lens KL, mean head "
-                            "entropy, CKA to the previous measure (0 = off); `stratalm plot` draws them")
-    windows: int = setting(8, "validation windows the measures read (the same ones every time)")
+                            "entropy, CKA to the previous measure (0 = off); `stratalm plot` draws them", at_least(0))
+    windows: int = setting(8, "validation windows the measures read (the same ones every time)", at_least(1))
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class RunConfig:
     mlm: MaskingConfig = field(default_factory=MaskingConfig, metadata={"help": "masking recipe of the mlm objective"})
     rtd: ReplacedTokenConfig = field(default_factory=ReplacedTokenConfig, metadata={"help": "ELECTRA's generator and loss weights"})
     simcse: ContrastiveConfig = field(default_factory=ContrastiveConfig, metadata={"help": "contrastive sentence embeddings"})
+    plm: PermutationConfig = field(default_factory=PermutationConfig, metadata={"help": "XLNet's permutation LM: partial prediction and spans"})
     lens: LensDynamicsConfig = field(default_factory=LensDynamicsConfig, metadata={"help": "training dynamics seen by the layer lens"})
 
     @property
@@ -60,7 +63,8 @@ RUN_CONFIG = "run.yaml"  # written into the run folder by loop/run_folder.py
 # given again on resume must equal the saved one.
 MAY_CHANGE_ON_RESUME = ("out", "train.max_steps", "train.save_every", "train.log_every", "train.eval_every",
                         "train.eval_windows", "train.eval_batch_size", "train.progress", "train.device",
-                        "train.compile", "train.tensorboard", "lens.every", "lens.windows")
+                        "train.compile", "train.tensorboard", "train.parallel", "train.activation_checkpointing",
+                        "train.keep_checkpoints", "train.nonfinite", "lens.every", "lens.windows")
 
 
 def _given_values(yaml_path: Optional[str], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +95,9 @@ def _typed_model(model: Any) -> dict[str, Any]:
 def _run_from(values: dict[str, Any]) -> RunConfig:
     values = dict(values)
     model = _typed_model(values.pop("model", {}) or {})
-    return dataclasses.replace(update_dataclass(RunConfig(), values), model=model)
+    run = dataclasses.replace(update_dataclass(RunConfig(), values), model=model)
+    require("config key 'train.max_steps'", run.train.max_steps, at_least(1))  # fine-tuning's 0 means "by epochs"
+    return run
 
 
 def saved_run_values(out: str) -> Optional[dict[str, Any]]:
@@ -144,6 +150,8 @@ def build_run_config(yaml_path: Optional[str], overrides: dict[str, Any], resume
     with its own settings; a setting given again with another value is an error naming every one."""
     given = _given_values(yaml_path, overrides)
     out = given.get("out")
+    if out:
+        check_output_folder(str(out), PRETRAINING_RUN)
     saved = saved_run_values(str(out)) if resume and out else None
     if saved is None:
         return _run_from(given)

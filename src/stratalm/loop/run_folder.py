@@ -12,23 +12,24 @@ from typing import Any, Optional
 import yaml
 
 from ..checkpoint import CONFIG, PENDING, TOKENIZER, WEIGHTS, recover
+from ..checkpoint.history import HISTORY
 from ..checkpoint.training import OPTIMIZER, TRAINER_STATE, has_checkpoint
 from ..errors import ConfigError, OutputExistsError
+from ..config_fields import check_output_folder
 
 RUN_CONFIG, METRICS, TENSORBOARD = "run.yaml", "metrics.jsonl", "tensorboard"
 # Everything any run writes into its folder (fine-tuning adds task.json, adapters and last/;
-# ELECTRA adds generator/); --overwrite removes these and nothing else.
+# ELECTRA adds generator/; checkpoints/ keeps the earlier checkpoints); --overwrite removes these and nothing else.
 RUN_FILES = (RUN_CONFIG, METRICS, CONFIG, WEIGHTS, TOKENIZER, OPTIMIZER, TRAINER_STATE, PENDING, TENSORBOARD,
-             "generator", "task.json", "adapter.safetensors", "adapter_config.json", "last")
+             "generator", "task.json", "adapter.safetensors", "adapter_config.json", "last", HISTORY)
 
 
 def folder_to_continue(out: str, resume: bool, overwrite: bool, kind: str = "stratalm run") -> bool:
     """False when `out` is free (absent, empty, or to be overwritten); True when it holds a run to
     resume (its run.yaml is there); otherwise an error that says what to pass."""
+    check_output_folder(out, kind)  # a file, or a folder of another kind (prepared data, a model): refused
     if not os.path.exists(out) or not os.listdir(out):
         return False
-    if not os.path.isdir(out):
-        raise OutputExistsError(f"'{out}' is a file, not a folder; choose another --out.")
     if overwrite:
         return False
     if not resume:

@@ -1,6 +1,8 @@
 """The one training loop, for pretraining and fine-tuning alike: device, torchrun, autocast,
 compile, gradient accumulation, the schedule, clipping, the log / evaluation / save cadence and
-exact resume of the step, the training time and every random generator.
+exact resume of the step, the training time and every random generator; and its faults
+(faults.py): a stop signal saves and exits, a non-finite step is skipped or stops the run, and
+non-finite weights are never saved.
 
 What differs between runs is a `Recipe` (recipe.py): how a step's batches are drawn, the loss of
 each, how to evaluate and what to keep afterwards, and any state of its own. Pretraining is one
@@ -11,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -18,14 +22,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint.training import decode_rng, encode_rng, load_training_checkpoint, save_training_checkpoint
+from ..checkpoint.fault_points import pause_point
+from ..checkpoint.training import decode_rng, encode_rng, resume_training_checkpoint, save_training_checkpoint
 from ..errors import ConfigError
+from ..models.stack import use_activation_checkpointing
 from ..precision import autocast, choose_precision
 from .config import TrainConfig
 from .distributed import Distributed, setup_distributed, teardown_distributed
+from .faults import NonFiniteError, RunInterrupted, StopSignals, first_nonfinite_weight, gradient_norm, nonfinite_reason
 from .optim import Schedule, make_optimizer
 from .recipe import Part, Recipe
 from .run_folder import MetricsLog, claim_folder, clear_run_files, write_run_config
+from .sharding import ShardedModel, check_parallel
 
 
 def resolve_device(name: str, dist: Distributed) -> torch.device:
@@ -42,6 +50,7 @@ def check_loop_settings(cfg: TrainConfig) -> None:
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.max_steps < 0 or cfg.log_every < 1:
         raise ConfigError("batch_size, grad_accum and log_every must be at least 1, and max_steps not negative.")
     choose_precision(cfg.precision, "cpu")  # refuses an unknown name before anything is built
+    check_parallel(cfg.parallel, cfg.optimizer)
 
 
 class Loop:
@@ -61,9 +70,13 @@ class Loop:
         if cfg.batch_size % parts:
             raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by grad_accum x processes ({parts}).")
 
+        if self.dist.enabled and cfg.parallel == "fsdp" and not recipe.shardable:
+            raise ConfigError(f"train.parallel=fsdp is for pretraining; a {recipe.kind} trains with parallel=ddp.")
+
         # Everything that can fail on user input (data, model, options) happens before the folder is touched.
         recipe.setup(self)
         self.model = recipe.model.to(self.device)
+        use_activation_checkpointing(self.model, cfg.activation_checkpointing)
         self.total_steps = recipe.total_steps()
         if self.total_steps < 1:
             raise ConfigError("the run has no step to take; max_steps must be at least 1.")
@@ -75,6 +88,9 @@ class Loop:
         self.resuming = claim_folder(out, self.checkpoint_dir, resume, overwrite, recipe.identity(), recipe.kind)
         self.dist.barrier()  # every process has looked at the folder before the first one writes to it
         self.step, self.train_seconds = 0, 0.0  # time in training steps (evaluation and saving excluded)
+        self.skipped_steps, self.skipped_last = 0, False  # steps left out for a non-finite loss or gradient
+        self.saved_step: "int | None" = None  # the step of the latest checkpoint on disk
+        self.fallback = ""  # why the run resumed from an earlier checkpoint than the latest
         self.metrics = MetricsLog(out, self.dist.is_main, cfg.tensorboard)
         if self.dist.is_main:
             os.makedirs(out, exist_ok=True)
@@ -82,10 +98,13 @@ class Loop:
                 clear_run_files(out)  # a restart without a checkpoint starts its metrics again too
         self.dist.barrier()
         if self.resuming:
-            self._restore(load_training_checkpoint(self.checkpoint_dir, self.model, self.optimizer))
+            state, self.fallback = resume_training_checkpoint(self.checkpoint_dir, self.model, self.optimizer)
+            self._restore(state)
+            self.saved_step = self.step
             self.metrics.truncate_after(self.step)
-            # Where the run resumed (`stratalm plot` marks it), and how its schedule was stretched.
-            self.metrics.write({"step": self.step, "event": "resume", **({"schedule": self.stretched} if self.stretched else {})})
+            # Where the run resumed (`stratalm plot` marks it), how its schedule was stretched, which bad checkpoint it passed over.
+            self.metrics.write({"step": self.step, "event": "resume", **({"schedule": self.stretched} if self.stretched else {}),
+                                **({"fallback": self.fallback} if self.fallback else {})})
         else:
             for record in recipe.start_records():
                 self.metrics.write(record)
@@ -93,15 +112,21 @@ class Loop:
             write_run_config(out, {**recipe.settings(), "schedule": self.schedule.to_dict(),
                                    "precision": {"chosen": self.precision, "reason": self.precision_reason}})
 
+        self.sharded = None  # FSDP2 (sharding.py): after the restore, since a checkpoint loads full and then shards
+        if self.dist.enabled and cfg.parallel == "fsdp":
+            self.dist.broadcast_parameters(self.model)  # every process starts equal, as DDP's constructor ensures
+            self.sharded = ShardedModel(self.model, self.optimizer, self.dist.is_main, self.precision == "bf16")
+            self.optimizer = self.sharded.optimizer
         self.forward_model: torch.nn.Module = torch.compile(self.model) if cfg.compile else self.model
-        self.hand_synced = self.dist.enabled and not recipe.ddp_wrapper
-        if self.dist.enabled and recipe.ddp_wrapper:
+        self.hand_synced = self.dist.enabled and not recipe.ddp_wrapper and self.sharded is None
+        if self.dist.enabled and recipe.ddp_wrapper and self.sharded is None:
             self.forward_model = DistributedDataParallel(
                 self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         elif self.hand_synced:
             self.dist.broadcast_parameters(self.model)  # what DDP's constructor does: every process starts equal
         self.autocast: Callable[[], Any] = lambda: autocast(self.precision, self.device.type)
         self.say = tqdm.write if self.dist.is_main else (lambda *_: None)
+        self.stop_signals = StopSignals()
 
     # -- state ------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -110,7 +135,8 @@ class Loop:
             rng["cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
         rng.update({name: encode_rng(state) for name, state in self.recipe.rng_states().items()})
         return {"step": self.step, **self.recipe.state(self.step), "world_size": self.dist.world_size,
-                "train_s": self.train_seconds, "schedule": self.schedule.to_dict(), "rng": rng}
+                "train_s": self.train_seconds, "skipped_steps": self.skipped_steps, "schedule": self.schedule.to_dict(),
+                "rng": rng}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
@@ -119,6 +145,7 @@ class Loop:
                               f"asked for; give a larger max_steps to continue it.")
         self._restore_schedule(state.get("schedule"))
         self.train_seconds = float(state.get("train_s", 0.0))  # older checkpoints lack it
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         rng = state["rng"]
         torch.set_rng_state(decode_rng(rng["torch"]))
         if "cuda" in rng and self.device.type == "cuda":
@@ -138,9 +165,28 @@ class Loop:
         self.schedule = schedule
 
     def save(self) -> None:
-        if self.dist.is_main:
-            save_training_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self._state())
+        """Checkpoint the run, keeping the `keep_checkpoints - 1` before; never with non-finite
+        weights, which would replace a good checkpoint with one no run can continue from."""
+        # Under FSDP every process gathers the full state and the first one writes it (sharding.py).
+        whole = self.sharded.gathered() if self.sharded else contextlib.nullcontext((self.model, self.optimizer))
+        with whole as (model, optimizer):
+            bad = first_nonfinite_weight(model)  # the same on every process, so all of them stop alike
+            if bad is not None:
+                raise NonFiniteError(f"the weights after step {self.step} hold non-finite values (first: '{bad}'), so no "
+                                     f"checkpoint was written; {self._last_good()}.")
+            if self.dist.is_main:
+                save_training_checkpoint(self.checkpoint_dir, model, optimizer, self._state(), self.cfg.keep_checkpoints)
         self.dist.barrier()
+        self.saved_step = self.step
+
+    def _last_good(self) -> str:
+        if self.saved_step is None:
+            return "the run has no checkpoint yet"
+        return f"the last good checkpoint, of step {self.saved_step}, is in '{self.checkpoint_dir}' and --resume continues from it"
+
+    def full_weights(self) -> contextlib.AbstractContextManager:
+        """Evaluation and observers run on full parameters (FSDP's gathered for the while)."""
+        return self.sharded.unsharded() if self.sharded else contextlib.nullcontext()
 
     # -- one step -----------------------------------------------------------------------------
     def rows(self, count: int) -> slice:
@@ -166,17 +212,36 @@ class Loop:
         for m, parts in enumerate(micro_batches):
             for part in parts:
                 total += self._backward(part, scored[part.key], last=m == self.cfg.grad_accum - 1 and single)
-        if self.dist.enabled and (self.hand_synced or not single):
+        if self.dist.enabled and self.sharded is None and (self.hand_synced or not single):
             # A mixture's components each leave some parameters idle (simcse never uses the MLM head),
             # which DDP's own hooks cannot handle, and a task may call the model several times a step:
             # those gradients were accumulated without syncing and are averaged here instead.
             self.dist.average_gradients(self.model)
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.cfg.grad_clip)
-        self.optimizer.step()
+        norm = gradient_norm([p for p in self.model.parameters() if p.grad is not None], self.cfg.grad_clip)
+        loss = self.dist.mean(total)
+        pause_point("step", self.step)
+        # Every process sees the same mean loss and the same (averaged) gradients, so all decide alike.
+        problem = nonfinite_reason(loss, norm)
+        self.skipped_last = bool(problem)
+        if problem:
+            self._nonfinite_step(problem)
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return self.dist.mean(total)
+        return loss
+
+    def _nonfinite_step(self, problem: str) -> None:
+        """train.nonfinite: skip the update (counted in metrics.jsonl), or stop before making it."""
+        step = self.step + 1
+        if self.cfg.nonfinite == "stop":
+            self.optimizer.zero_grad(set_to_none=True)
+            self.metrics.write({"step": step, "event": "nonfinite", "action": "stop", "reason": problem})
+            raise NonFiniteError(f"in step {step} {problem}, so the run stopped before updating the weights; "
+                                 f"{self._last_good()} (with a lower learning rate, or nonfinite=skip to pass over such steps).")
+        self.skipped_steps += 1
+        self.metrics.write({"step": step, "event": "skipped", "reason": problem, "skipped_steps": self.skipped_steps})
+        self.say(f"step {step} skipped: {problem}")
 
     def _backward(self, part: Part, step_scored: float, last: bool) -> torch.Tensor:
         count = int(part.scored.shape[0])
@@ -205,7 +270,7 @@ class Loop:
         devices = [self.device] if self.device.type == "cuda" else []
         self.model.eval()
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), self.full_weights():
                 torch.manual_seed(0)
                 record, line = self.recipe.evaluate(self)
         finally:
@@ -222,7 +287,7 @@ class Loop:
         devices = [self.device] if self.device.type == "cuda" else []
         self.model.eval()
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), self.full_weights():
                 records = [observer.observe(self) for observer in self.observers]
         finally:
             self.model.train()
@@ -237,6 +302,8 @@ class Loop:
         self.say(f"precision {self.precision} ({self.precision_reason})")
         if self.resuming:
             self.say(f"resuming from step {self.step} in {self.out}")
+            if self.fallback and self.dist.is_main:
+                tqdm.write(f"warning: {self.fallback}", file=sys.stderr)
             if self.stretched:
                 self.say(self.stretched)
         if self.recipe.evaluate_at_start and self.step == 0:
@@ -245,32 +312,51 @@ class Loop:
                    disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True)
         self.model.train()
         window_loss, window_steps, window_time = 0.0, 0, 0.0  # since the last metrics line
-        while self.step < self.total_steps:
-            started = time.perf_counter()
-            loss = float(self.train_step())  # float() waits for the step, so the time is honest
-            seconds = time.perf_counter() - started
-            window_time += seconds
-            self.train_seconds += seconds
-            window_loss += loss
-            window_steps += 1
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                record = {"step": self.step, "loss": window_loss / window_steps, "lr": self.schedule.lr(self.step - 1),
-                          **self.recipe.throughput(window_steps, max(window_time, 1e-9)), "train_s": round(self.train_seconds, 3)}
-                self.metrics.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                self.recipe.last_loss = record["loss"]
-                window_loss, window_steps, window_time = 0.0, 0, 0.0
-            if self.observers:
-                self.observe()
-            evaluated = self.recipe.should_evaluate(self.step, self.total_steps, cfg.eval_every)
-            if evaluated:
-                self.evaluate()
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == self.total_steps \
-                    or (evaluated and self.recipe.save_at_evaluation):
-                self.save()
+        window_losses = 0  # steps of the window with a loss (skipped ones have none)
+        with self.stop_signals as stop:
+            while self.step < self.total_steps:
+                started = time.perf_counter()
+                loss = float(self.train_step())  # float() waits for the step, so the time is honest
+                seconds = time.perf_counter() - started
+                window_time += seconds
+                self.train_seconds += seconds
+                if not self.skipped_last:
+                    window_loss += loss
+                    window_losses += 1
+                window_steps += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    record = {"step": self.step, **({"loss": window_loss / window_losses} if window_losses else {}),
+                              "lr": self.schedule.lr(self.step - 1), **self.recipe.throughput(window_steps, max(window_time, 1e-9)),
+                              "train_s": round(self.train_seconds, 3), **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {})}
+                    self.metrics.write(record)
+                    if window_losses:
+                        bar.set_postfix(loss=f"{record['loss']:.4f}")
+                        self.recipe.last_loss = record["loss"]
+                    window_loss, window_steps, window_time, window_losses = 0.0, 0, 0.0, 0
+                if self.observers:
+                    self.observe()
+                evaluated = self.recipe.should_evaluate(self.step, self.total_steps, cfg.eval_every)
+                if evaluated:
+                    self.evaluate()
+                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == self.total_steps \
+                        or (evaluated and self.recipe.save_at_evaluation):
+                    self.save()
+                signum = stop.agreed(self.dist, self.device)
+                if signum and self.step < self.total_steps:
+                    bar.close()
+                    self._stop_for(signum)
         bar.close()
         return self.recipe.finish(self)
+
+    def _stop_for(self, signum: int) -> None:
+        """A stop signal (preemption, Ctrl-C): checkpoint the step just finished, then end the run."""
+        if self.saved_step != self.step:
+            self.save()
+        name = signal.Signals(signum).name
+        self.metrics.write({"step": self.step, "event": "stopped", "signal": name})
+        raise RunInterrupted(f"stopped by {name} after step {self.step} of {self.total_steps}; its checkpoint is saved in "
+                             f"'{self.checkpoint_dir}', and --resume continues the run from it.", signum)
 
     def close(self) -> None:
         self.metrics.close()

@@ -76,8 +76,10 @@ HEADS: dict[str, str] = {
 }
 HEAD_NAMES = tuple(HEADS)
 
-# Every norm submodule anywhere in a model: the block's, the stack's, and the MLM head's own `norm`.
-NORM_MODULES = frozenset({s.attr for s in BLOCK_SUBLAYERS if s.kind == "norm"} | {"embed_norm", "final_norm", "norm"})
+# Every norm submodule anywhere in a model: the block's, the stack's, the MLM head's own `norm`, and
+# attention's QK-norm (`q_norm`, `k_norm`).
+NORM_MODULES = frozenset({s.attr for s in BLOCK_SUBLAYERS if s.kind == "norm"}
+                         | {"embed_norm", "final_norm", "norm", "q_norm", "k_norm"})
 
 _STACK_LABELS = {"stack": "", "encoder": "encoder ", "decoder": "decoder "}
 _KIND_LABELS = {"embedding": "embeddings", "position_bias": "position bias", "final_norm": "final norm"}

@@ -43,7 +43,7 @@ class CausalLM(nn.Module):
             input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
         )
-        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep > 0 else x)
+        logits = soft_cap(self.lm_head(x[:, -logits_to_keep:] if logits_to_keep > 0 else x), self.config.logit_softcap)
         return ModelOutput(logits=logits, hidden_states=hidden, attentions=attentions, last_hidden_state=x)
 
     def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> KVCache:
@@ -52,3 +52,9 @@ class CausalLM(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self)
+
+
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap): about the logits themselves while small, never beyond +-cap, so no
+    logit can run away early in training (Gemma 2, modded-nanogpt). cap 0 leaves them as they are."""
+    return logits if cap <= 0 else cap * torch.tanh(logits / cap)

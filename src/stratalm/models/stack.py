@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import AbsolutePositions, Block, KVCache, Linear, RelativePositionBias, RotaryEmbedding, make_norm
 from ..layers.positions import RelativeContext, relative_sinusoids
@@ -63,6 +65,9 @@ class TransformerStack(nn.Module):
         # `blocks.<depth>.<point>` (ALBERT's shared block once per depth) and `final_norm`. None
         # costs one attribute read per forward.
         self.tap = None
+        # Recompute each block's activations in the backward pass instead of keeping them
+        # (train.activation_checkpointing; see use_activation_checkpointing).
+        self.activation_checkpointing = False
 
     def forward(self, input_ids: torch.Tensor, full_output: bool = False, **inputs):
         """(last hidden states, hidden states when asked, attentions when asked), or with
@@ -131,8 +136,11 @@ class TransformerStack(nn.Module):
         hidden, attentions = ([x] if output_hidden_states else None), ([] if output_attentions else None)
         query_hidden = [query] if output_hidden_states and query is not None else None
         new_mems = [] if use_mems else None
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer, index in enumerate(self.layer_plan):
             block = self.blocks[index]
+            if recompute:  # the random state is replayed, so dropout draws the same masks again
+                block = partial(checkpoint, self.blocks[index], use_reentrant=False)
             past_states = mems[layer] if mems else None
             keys_from = None if past_states is None else torch.cat([past_states, x], dim=1)  # (B, P + T, C)
             if new_mems is not None:
@@ -193,6 +201,13 @@ class TransformerStack(nn.Module):
         return (real.cumsum(dim=1) + past) * real + self.config.pad_token_id  # (B, T)
 
 
+def use_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Turn per-block activation checkpointing on or off in every stack of `model`."""
+    for module in model.modules():
+        if isinstance(module, TransformerStack):
+            module.activation_checkpointing = enabled
+
+
 def init_weights(module: nn.Module, config: ModelConfig) -> None:
     """GPT-2 initialisation: N(0, init_std) for matrices and embeddings, zero biases, unit norms;
     the projections that write into the residual stream are scaled down by 1/sqrt(2 n_layers) so
@@ -206,6 +221,8 @@ def init_weights(module: nn.Module, config: ModelConfig) -> None:
             nn.init.zeros_(param)
         elif role == "norm":
             nn.init.ones_(param)
+        elif role == "residual" and config.zero_init_output:
+            nn.init.zeros_(param)  # each block starts as the identity; the gradient still reaches them
         elif role == "residual":
             nn.init.normal_(param, 0.0, residual_std)
         else:

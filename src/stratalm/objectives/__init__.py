@@ -8,9 +8,10 @@ __getattr__ = lazy_attributes(__name__, {
     "Objective": ".base", "CausalLMObjective": ".clm", "MaskedLMObjective": ".mlm", "Masker": ".mlm",
     "MaskingConfig": ".settings", "SpanCorruptionObjective": ".span", "SentencePairObjective": ".pairs",
     "ReplacedTokenObjective": ".rtd", "ReplacedTokenConfig": ".settings", "ContrastiveObjective": ".simcse",
-    "ContrastiveConfig": ".settings", "Mixture": ".mixture", "OBJECTIVES": ".registry", "get_objective": ".registry",
+    "ContrastiveConfig": ".settings", "PermutationLMObjective": ".plm", "PermutationConfig": ".settings",
+    "Mixture": ".mixture", "OBJECTIVES": ".registry", "get_objective": ".registry",
 })
 
 __all__ = ["Objective", "CausalLMObjective", "MaskedLMObjective", "Masker", "MaskingConfig", "SpanCorruptionObjective",
            "SentencePairObjective", "ReplacedTokenObjective", "ReplacedTokenConfig", "ContrastiveObjective",
-           "ContrastiveConfig", "Mixture", "OBJECTIVES", "get_objective"]
+           "ContrastiveConfig", "PermutationLMObjective", "PermutationConfig", "Mixture", "OBJECTIVES", "get_objective"]

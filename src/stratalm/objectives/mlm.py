@@ -2,7 +2,8 @@
 with [MASK], 10% with a random token and leave 10% unchanged, and predict the originals.
 
 Options (`mlm.*` in the run config): whole-word masking, where a word's pieces are selected
-together (WordPiece "##" continuations, or byte-level BPE pieces that do not start a word), and
+together (WordPiece "##" continuations, SentencePiece pieces without the "▁" of a word start, or
+byte-level BPE pieces that do not start a word), and
 ALBERT's n-gram masking, where spans of 1..max_ngram words are selected with p(n) ∝ 1/n.
 Special tokens and padding are never selected; masks are drawn afresh every time a window is seen.
 """
@@ -26,10 +27,13 @@ def continuation_table(tokenizer: Tokenizer) -> torch.Tensor:
     vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
     table = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
     wordpiece = any(token.startswith("##") for token in vocab)
+    metaspace = any(token.startswith("▁") for token in vocab)  # SentencePiece (T5, ALBERT, XLNet)
     byte_level = any(token.startswith("Ġ") for token in vocab)
     for token, index in vocab.items():
         if wordpiece:
             table[index] = token.startswith("##")
+        elif metaspace:  # "▁" marks a word's first piece; the pieces after it carry none
+            table[index] = not token.startswith("▁")
         elif byte_level:  # "Ġ" marks a leading space, "Ċ" a newline: both start a new word
             table[index] = not token.startswith(("Ġ", "Ċ", "ĉ")) and token.isprintable()
         else:  # characters: a word is a run of non-space characters

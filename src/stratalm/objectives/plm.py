@@ -13,11 +13,15 @@ input). Then, per sequence:
   functional tokens before it in the order, never itself; its content stream also sees itself.
   <sep> and <cls> take part in the order without being predicted and see themselves.
 
+K and the longest span are the `plm.*` settings (settings.py: plm.partial_prediction, plm.max_span).
+
 The model gets the original tokens (XLNet hides nothing in the input: the masks do it), the
 `perm_mask` and a `target_mapping` of the targets in position order, and predicts each target
 from its query stream.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +31,10 @@ from ..model_config import ModelConfig
 from ..models import ModelOutput
 from ..tokenize import Tokenizer
 from .base import Objective
+from .settings import PermutationConfig
 
-PARTIAL_PREDICTION = 6  # K: one target in six tokens
-MAX_SPAN = 5  # longest span of targets
+PARTIAL_PREDICTION = PermutationConfig.partial_prediction  # K: one target in six tokens
+MAX_SPAN = PermutationConfig.max_span  # longest span of targets
 CLS_SEGMENT = 2  # the reference's segment id of <cls>
 
 
@@ -79,9 +84,9 @@ class PermutationLMObjective(Objective):
     reports_perplexity = True
     heads = ("mlm_head",)
 
-    def __init__(self, tokenizer: Tokenizer, options=None, partial: int = PARTIAL_PREDICTION,
-                 max_span: int = MAX_SPAN) -> None:
-        self.partial, self.max_span = partial, max_span
+    def __init__(self, tokenizer: Tokenizer, options: Optional[PermutationConfig] = None) -> None:
+        options = options or PermutationConfig()
+        self.partial, self.max_span = options.partial_prediction, options.max_span
         self.functional_ids = [i for i in (tokenizer.sep_id, tokenizer.cls_id) if i is not None]
         self.has_cls = tokenizer.cls_id is not None
         # Each window is followed by <sep> <cls> when the tokenizer has them.

@@ -20,14 +20,14 @@ from .span import SpanCorruptionObjective
 OBJECTIVES: dict[str, tuple[type[Objective], Optional[str]]] = {
     "clm": (CausalLMObjective, None), "mlm": (MaskedLMObjective, "mlm"), "span": (SpanCorruptionObjective, None),
     "rtd": (ReplacedTokenObjective, "rtd"), "simcse": (ContrastiveObjective, "simcse"),
-    "plm": (PermutationLMObjective, None),
+    "plm": (PermutationLMObjective, "plm"),
 }
 # Sentence-pair objectives, alone or with masking of the same inputs: name -> (kind, with_mlm)
 PAIRS = {"nsp": ("nsp", False), "sop": ("sop", False), "mlm+nsp": ("nsp", True), "mlm+sop": ("sop", True)}
 
 
 def _section(options: Any, name: Optional[str]) -> Any:
-    """The options of one objective: `options` is a run config (with mlm, rtd, simcse sections),
+    """The options of one objective: `options` is a run config (with mlm, rtd, simcse, plm sections),
     or, for a single objective, its own options object."""
     if options is None or name is None:
         return None

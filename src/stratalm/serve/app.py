@@ -17,9 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from .completions import chat, chat_prompt, complete
 from .embeddings import embed
 from .engine import engine_for
+from .lens import lens
 from .errors import APIError, bad_request, install_error_handlers
 from .metrics import CONTENT_TYPE, Metrics
-from .schemas import ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
+from .schemas import ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, LensRequest, TokenizeRequest
 from .served import ServedModel
 
 
@@ -36,7 +37,7 @@ def build_app(served: dict[str, ServedModel], options: Optional[ServeOptions] = 
     options = options or ServeOptions()
     metrics = Metrics()
     engines = {name: engine_for(s.model, max_concurrency=options.max_concurrency, max_queue=options.max_queue,
-                                metrics=metrics, name=name) for name, s in served.items()}
+                                metrics=metrics, name=name, lock=s.lock) for name, s in served.items()}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -112,7 +113,17 @@ def build_app(served: dict[str, ServedModel], options: Optional[ServeOptions] = 
 
     @app.post("/v1/embeddings", dependencies=api)
     async def embeddings(req: EmbeddingRequest):
-        return await run_in_threadpool(embed, model_named(req.model, "encoder"), req)
+        model = model_named(req.model, "encoder")
+
+        def embed_alone() -> dict:
+            with model.lock:  # one forward at a time (ServedModel.lock)
+                return embed(model, req)
+
+        return await run_in_threadpool(embed_alone)
+
+    @app.post("/lens", dependencies=api)
+    async def logit_lens(req: LensRequest):
+        return await run_in_threadpool(lens, model_named(req.model), req)
 
     @app.post("/tokenize", dependencies=api)
     async def tokenize(req: TokenizeRequest):

@@ -4,42 +4,16 @@ immutable sandbox: a template is code from whoever made the model, so it may not
 objects beyond the messages it is given."""
 from __future__ import annotations
 
-import json
-import os
-from typing import Optional
-
 from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+# Reading and compiling the template live below, in checkpoint/, since fine-tuning (tasks/chat.py) uses them too.
+from ..checkpoint.chat_template import compile_template, read_chat_template  # noqa: F401 (served.py imports it here)
 from .errors import bad_request
-
-TOKENIZER_CONFIG = "tokenizer_config.json"
-
-
-def read_chat_template(folder: str, template_file: Optional[str] = None) -> Optional[str]:
-    """The template text: the file when given, else tokenizer_config.json's, else None."""
-    if template_file:
-        with open(template_file, encoding="utf-8") as handle:
-            return handle.read()
-    path = os.path.join(folder, TOKENIZER_CONFIG)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        template = json.load(handle).get("chat_template")
-    if isinstance(template, list):  # the multi-template form: [{"name": "default", "template": ...}]
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    return template
-
-
-def _raise_exception(message: str):
-    raise TemplateError(message)
 
 
 class ChatTemplate:
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "") -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise_exception  # what HF templates call to refuse a conversation
-        self.template = env.from_string(source)
+        self.template = compile_template(source)
         self.bos_token, self.eos_token = bos_token, eos_token
 
     def render(self, messages: list[dict]) -> str:

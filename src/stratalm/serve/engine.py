@@ -26,8 +26,9 @@ from .slots import SlotCache
 
 class Engine:
     def __init__(self, model: torch.nn.Module, max_concurrency: int = 16, max_queue: int = 64, metrics=None,
-                 name: str = "") -> None:
+                 name: str = "", lock: Optional[threading.Lock] = None) -> None:
         self.model, self.name, self.metrics = model, name, metrics
+        self.lock = lock or threading.Lock()  # held by every forward pass (ServedModel.lock says why)
         self.max_concurrency, self.max_queue = max_concurrency, max_queue
         self.tokenizer = model.tokenizer
         self.eos_id = self.tokenizer.eos_id
@@ -79,15 +80,7 @@ class Engine:
                             seq.send(Finished("cancelled", ""))
                         return
                 try:
-                    for seq in joining:
-                        if seq.cancelled:
-                            seq.send(Finished("cancelled", ""))
-                            continue
-                        self._prefill(seq)
-                        self.running.append(seq)
-                    self._pick_all()
-                    if self.running:
-                        self._decode()
+                    self._step(joining)
                 except Exception as exc:  # a bug, not the client's: fail these requests, keep serving
                     for seq in joining + self.running:
                         seq.send(Failed(f"{type(exc).__name__}: {exc}"))
@@ -95,16 +88,35 @@ class Engine:
                     self.running = []
                 self._gauge()
 
+    def _step(self, joining: list[Sequence]) -> None:
+        """The joining sequences' prompts, then one token for every running sequence."""
+        with self.lock:
+            prefilled: dict = {}  # the n choices of one request share their prompt: it runs once
+            for seq in joining:
+                if seq.cancelled:
+                    seq.send(Finished("cancelled", ""))
+                    continue
+                self._prefill(seq, prefilled)
+                self.running.append(seq)
+            self._pick_all()
+            if self.running:
+                self._decode()
+
     def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.queue(self.name, len(self.waiting), len(self.running))
 
-    def _prefill(self, seq: Sequence) -> None:
-        """Run the prompt alone; its keys and values go into a free slot."""
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
-        cache = self.model.new_cache(1, len(seq.prompt_ids))
+    def _prefill(self, seq: Sequence, prefilled: dict) -> None:
+        """Run the prompt alone, or take what a sequence joining in the same step with the same
+        prompt got from it (`prefilled`); its keys and values go into a free slot."""
         keep = 0 if seq.sampling.prompt_logprobs else 1
-        logits = self.model(ids, cache=cache, logits_to_keep=keep).logits[0]  # (T or 1, V)
+        key = (tuple(seq.prompt_ids), keep)
+        if key not in prefilled:
+            ids = torch.tensor([seq.prompt_ids], device=self.device)
+            cache = self.model.new_cache(1, len(seq.prompt_ids))
+            logits = self.model(ids, cache=cache, logits_to_keep=keep).logits[0]  # (T or 1, V)
+            prefilled[key] = cache, logits
+        cache, logits = prefilled[key]
         if seq.sampling.prompt_logprobs:
             seq.prompt_scores = self._prompt_scores(logits, seq.prompt_ids, seq.sampling.logprobs or 0)
         seq.slot = self.slots.take()
@@ -203,9 +215,12 @@ class Seq2SeqEngine(Engine):
     def _new_slots(self):
         return None
 
-    def _prefill(self, seq: Sequence) -> None:
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
-        seq.memory = self.model.encode(ids, torch.ones_like(ids))
+    def _prefill(self, seq: Sequence, prefilled: dict) -> None:
+        key = tuple(seq.prompt_ids)
+        if key not in prefilled:  # the n choices of one request read one encoding of the source
+            ids = torch.tensor([seq.prompt_ids], device=self.device)
+            prefilled[key] = self.model.encode(ids, torch.ones_like(ids))
+        seq.memory = prefilled[key]
         seq.cache = self.model.new_cache(1, seq.sampling.max_tokens + 1)
         seq.length = 0
         seq.logits = self._forward(seq, self.model.config.decoder_start_token_id)

@@ -82,6 +82,12 @@ class TokenizeRequest(Strict):
     messages: Optional[list[Message]] = None
 
 
+class LensRequest(Strict):
+    model: str
+    prompt: str = Field(min_length=1)
+    top: int = Field(5, ge=1, le=20)  # tokens shown per depth and position
+
+
 class DetokenizeRequest(Strict):
     model: str
     tokens: TokenIds

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ..generate.text import _Continuation  # eos, stop strings and held-back text, exactly as `generate` does
+from ..generate.text import Continuation  # eos, stop strings and held-back text, exactly as `generate` does
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Sequence:
         self.loop = asyncio.get_running_loop()
         self.events = events
         self.cancelled = False  # set by the handler (client gone, timeout); the engine drops the row at its next step
-        self.continuation = _Continuation(tokenizer, sampling.stop)
+        self.continuation = Continuation(tokenizer, sampling.stop)
         self.generated = 0
         self.prompt_scores: list[tuple[Optional[float], list[tuple[int, float]]]] = []
         # engine state

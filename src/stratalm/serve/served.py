@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -50,6 +51,9 @@ class ServedModel:
     chat: Optional[ChatTemplate] = None
     pooling: str = "mean"
     created: int = field(default_factory=lambda: int(time.time()))
+    # Every forward pass of the model holds this: the lens attaches hooks to the model itself, and
+    # a decoding step or an embedding running meanwhile would fire them.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def kind(self) -> str:

@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {
     "qa": "stratalm.tasks.qa:QATask",
     "seq2seq": "stratalm.tasks.seq2seq:Seq2SeqTask",
     "retrieval": "stratalm.tasks.retrieval:RetrievalTask",
+    "chat": "stratalm.tasks.chat:ChatTask",
 }
 
 

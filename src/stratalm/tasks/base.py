@@ -15,6 +15,7 @@ task is a subclass of `Task` plus one line in the registry (`tasks/__init__.py`)
     predict(model, examples, max_length, batch_size) -> one prediction per example
     score(examples, predictions) -> metrics (higher is better for `main_metric`)
     format(example, prediction) -> one JSON line of `stratalm predict`
+    write_files(folder, model)  -> extra files of the fine-tuned folder (optional; chat's template)
 
 `OPTIONS` declares the task's settings (its table in options.py, which needs no torch, so the
 command's --help stays instant): each becomes a flag of `stratalm finetune/evaluate/predict`
@@ -43,6 +44,20 @@ from ..tokenize import Tokenizer
 from .options import Option
 
 IGNORE = -100  # targets the loss skips (padding, special tokens, non-first sub-tokens)
+
+
+def summed_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of (B, T, V) logits against (B, T) labels: the summed cross-entropy of the labelled
+    positions (IGNORE elsewhere) and how many there are, so rows can be averaged per token."""
+    losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
+                                               reduction="none")
+    return losses.sum(dim=1), (labels != IGNORE).sum(dim=1)
+
+
+def mean_token_loss(summed: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The loss per labelled token of a batch, from `summed_token_losses`."""
+    total, count = summed
+    return total.sum() / count.sum().clamp(min=1)
 
 
 class Task(ABC):
@@ -87,6 +102,10 @@ class Task(ABC):
         """The model to fine-tune, built from the pretrained `base` (its tokenizer attached), and the
         names of its top-level modules that are the task's head (what `--train-only head` trains)."""
         return base, []
+
+    def write_files(self, folder: str, model: nn.Module) -> None:
+        """Files of the task beyond task.json that go into the fine-tuned folder (the chat task's
+        tokenizer_config.json with its template); none by default."""
 
     # -- training ----------------------------------------------------------------------------
     @abstractmethod

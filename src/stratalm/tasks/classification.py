@@ -29,7 +29,7 @@ from ..models import build_model
 from ..tokenize import Tokenizer
 from .base import Task
 from .common import by_length, copy_shared_weights, encode_texts, model_inputs, model_tokenizer, pad_id_of, text_batch
-from .data_files import column, read_lines, read_table
+from .data_files import column, read_lines, read_table, text_in
 from .options import LABEL_COLUMNS, PAIR_COLUMNS, TASK_OPTIONS, TEXT_COLUMNS
 
 POSITIVE_NAMES = ("1", "positive", "pos", "true", "yes", "entailment")
@@ -94,7 +94,8 @@ class ClassificationTask(Task):
             if labelled and known and name not in known:
                 raise DataError(f"'{path}' has the label '{name}' (example {number}) that the training file never had; "
                                 f"its labels are: {', '.join(self.labels)}.")
-            examples.append({"text": str(row.get(text) or ""), "pair": str(row.get(pair) or "") if pair else None,
+            examples.append({"text": text_in(row, text, path, number, "--text-column"),
+                             "pair": text_in(row, pair, path, number, "--text-pair-column") if pair else None,
                              "label": name or None})
         return examples
 
@@ -122,6 +123,9 @@ class ClassificationTask(Task):
         if len(labels) < 2:
             raise DataError(f"the training file has only one label ({labels[0] if labels else 'none'}); "
                             f"classification needs at least two.")
+        if len({label_sort_key(name)[0] for name in labels}) > 1:  # "1" and "positive" would be two classes
+            raise DataError(f"the training file mixes label numbers and label names ({', '.join(labels[:6])}); "
+                            f"write every label the same way.")
         self.state["labels"] = labels
         self.state["pairs"] = train[0]["pair"] is not None  # how a plain text file's lines are read
 

@@ -118,9 +118,11 @@ def by_length(features: list[dict[str, Any]], batch_size: int) -> Iterator[list[
 
 
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inputs of `batch` on the model's device; token types only for models with segments."""
+    """The inputs of `batch` on the model's device; token types only for models with segments
+    (an embedding of them, or XLNet's relative segments)."""
     device = next(model.parameters()).device
-    keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.config.type_vocab_size else [])
+    segments = model.config.type_vocab_size or model.config.relative_segments
+    keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if segments else [])
     return {k: batch[k].to(device) for k in keys if k in batch}
 
 

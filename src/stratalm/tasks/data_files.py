@@ -23,6 +23,8 @@ csv.field_size_limit(1 << 24)  # long passages (QA contexts) are longer than csv
 
 def extension_of(path: str, accepted: Sequence[str]) -> str:
     """The file's extension, if it is one of `accepted`; else the one-sentence error."""
+    if os.path.isdir(path):
+        raise DataError(f"data file '{path}' is a folder; give the path of a file.")
     ext = os.path.splitext(path)[1].lower()
     if ext not in accepted:
         raise DataError(f"cannot tell the format of '{path}' from its extension '{ext or '(none)'}'; "
@@ -31,6 +33,8 @@ def extension_of(path: str, accepted: Sequence[str]) -> str:
 
 
 def _open_text(path: str):
+    if os.path.isdir(path):
+        raise DataError(f"data file '{path}' is a folder; give the path of a file.")
     if not os.path.isfile(path):
         raise DataError(f"data file '{path}' does not exist.")
     return open(path, encoding="utf-8-sig", newline="")  # utf-8-sig drops a byte-order mark
@@ -110,6 +114,17 @@ def column(columns: list[str], name: Optional[str], candidates: Sequence[str], p
     return found
 
 
+def text_in(row: dict[str, Any], name: str, path: str, number: int, flag: str) -> str:
+    """The text of column `name` in row `number` of `path`: a JSONL number, null or list, a missing
+    key or an empty cell is refused, never read as "42", "None" or ""."""
+    value = row.get(name)
+    if isinstance(value, str) and value.strip():
+        return value
+    held = "no value" if value is None or value == "" else f"{json.dumps(value)[:40]} (not a string)"
+    raise DataError(f"example {number} of '{path}' has {held} in column '{name}'; give every example a text there "
+                    f"(a JSON string in JSONL), drop the row, or choose another column with {flag}.")
+
+
 def read_conll(path: str) -> list[tuple[list[str], list[str]]]:
     """Sentences of a CoNLL-style file: one token per line with its tag in the last column
     (whitespace-separated), a blank line between sentences, `-DOCSTART-` lines ignored. A line with
@@ -159,8 +174,15 @@ def _read_columns(path: str, wanted: list[tuple[Optional[str], Sequence[str], st
                 names.append(None)
                 continue
             names.append(column(columns, name, defaults, path, flag, what))
-        return [tuple(None if n is None else str(row.get(n) if row.get(n) is not None else "") for n in names)
-                for row in rows]
+        flags = [flag for _, _, flag, _ in wanted]
+
+        def cell(row: dict[str, Any], index: int, number: int) -> Optional[str]:
+            name = names[index]
+            if name is None or (index == len(names) - 1 and not labelled and not row.get(name)):
+                return None  # a target to predict may be absent
+            return text_in(row, name, path, number, flags[index])
+
+        return [tuple(cell(row, i, number) for i in range(len(names))) for number, row in enumerate(rows, start=1)]
     lines = read_lines(path, "one tab-separated pair per line")
     positions = [_position(name) if name is not None else index for index, (name, *_rest) in enumerate(wanted)]
     if any(p is None for p in positions):

@@ -8,7 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..config_fields import describe, field_help, load_yaml, merge_nested, setting, update_dataclass
+from ..config_fields import (FINETUNING_RUN, above, above_up_to, at_least, check_output_folder, describe, field_help,
+                             load_yaml, merge_nested, one_of, setting, update_dataclass, within)
 from ..loop.config import TrainConfig
 
 # The loop's defaults for fine-tuning (BERT's recipe): AdamW at 5e-5 with beta2 0.999, 10% warmup,
@@ -24,7 +25,7 @@ LORA_LR = 1e-3
 # Settings a resumed run may change; every other one must match the saved run.
 MAY_CHANGE = ("epochs",)
 LOOP_MAY_CHANGE = ("max_steps", "eval_every", "save_every", "log_every", "eval_batch_size", "device", "progress",
-                   "compile", "tensorboard")
+                   "compile", "tensorboard", "keep_checkpoints", "nonfinite")
 
 
 def finetune_loop(**changes: Any) -> TrainConfig:
@@ -40,17 +41,17 @@ class FinetuneConfig:
     dev: Optional[str] = setting(None, "dev data file: evaluated every loop.eval_every steps; its best score picks the weights kept")
     out: str = setting("", "output folder")
     task_options: dict = setting({}, "the task's own options (see `stratalm finetune --help`), e.g. task_options.text_column")
-    epochs: float = setting(3.0, "passes over the training data (fractions allowed); loop.max_steps > 0 overrides it")
-    max_length: int = setting(128, "tokens per input (longer inputs are truncated; at most the model's context)")
-    max_train_examples: int = setting(0, "use only the first N training examples (0 = all)")
+    epochs: float = setting(3.0, "passes over the training data (fractions allowed); loop.max_steps > 0 overrides it", above(0))
+    max_length: int = setting(128, "tokens per input (longer inputs are truncated; at most the model's context)", at_least(2))
+    max_train_examples: int = setting(0, "use only the first N training examples (0 = all)", at_least(0))
     best_metric: Optional[str] = setting(None, "dev metric that picks the weights kept (None = the task's main metric)")
-    train_only: Optional[str] = setting(None, "'head': train only the task head")
+    train_only: Optional[str] = setting(None, "'head': train only the task head", one_of("head"))
     freeze_embeddings: bool = setting(False, "keep the embeddings fixed")
-    freeze_layers: int = setting(0, "keep the lowest N blocks fixed")
-    layer_decay: Optional[float] = setting(None, "layer-wise learning-rate decay factor (head lr, top block lr*F, ...)")
-    lora_rank: int = setting(0, f"LoRA rank (0 = no LoRA: full fine-tuning); with LoRA, loop.lr defaults to {LORA_LR:g}")
-    lora_alpha: float = setting(16.0, "LoRA alpha (the update is scaled by alpha / rank)")
-    lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input")
+    freeze_layers: int = setting(0, "keep the lowest N blocks fixed", at_least(0))
+    layer_decay: Optional[float] = setting(None, "layer-wise learning-rate decay factor (head lr, top block lr*F, ...)", above_up_to(0, 1))
+    lora_rank: int = setting(0, f"LoRA rank (0 = no LoRA: full fine-tuning); with LoRA, loop.lr defaults to {LORA_LR:g}", at_least(0))
+    lora_alpha: float = setting(16.0, "LoRA alpha (the update is scaled by alpha / rank)", above(0))
+    lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input", within(0, 1))
     lora_targets: str = setting("q,v", "comma-separated projections to adapt: q,k,v,o,gate,up,down")
     merge_lora: bool = setting(False, "save the LoRA adapters merged into the weights")
     lora_copy_base: bool = setting(False, "keep a copy of the base weights in a LoRA folder (default: the folder "
@@ -76,6 +77,8 @@ def build_finetune_config(yaml_path: Optional[str], overrides: dict[str, Any]) -
     run that sets no learning rate gets LORA_LR."""
     values = merge_nested(load_yaml(yaml_path) if yaml_path else {}, overrides)
     cfg = update_dataclass(FinetuneConfig(), values)
+    if cfg.out:
+        check_output_folder(cfg.out, FINETUNING_RUN)
     loop_values = values.get("loop")
     if cfg.lora_rank and not (isinstance(loop_values, dict) and "lr" in loop_values):
         cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, lr=LORA_LR))

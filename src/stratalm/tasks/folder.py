@@ -18,7 +18,8 @@ from ..checkpoint import WEIGHTS, commit_files, load, pending_folder
 from ..checkpoint.base_reference import BaseReference
 from ..checkpoint.native import write_model_description, write_model_files
 from ..checkpoint.weights import model_state
-from ..errors import CheckpointError
+from ..config_fields import at_least, device_name, require
+from ..errors import CheckpointError, ConfigError
 from ..models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, merge_lora, save_adapter, without_lora
 from ..version import __version__
 from . import task_class
@@ -50,6 +51,7 @@ def save_finetuned(out: str, model: nn.Module, task: Task, info: dict[str, Any],
             trained = {name: t for name, t in model_state(model).items() if name not in from_base}
         save_adapter(model, staging, lora, trained, base.fields())
         stale = [WEIGHTS]  # a copy of the base from an earlier save
+    task.write_files(staging, model)
     record = {"task": task.name, "options": task.options, "state": task.state, **info,
               "adapter": lora is not None, "stratalm_version": __version__}
     with open(os.path.join(staging, TASK_FILE), "w") as handle:
@@ -86,6 +88,7 @@ def load_finetuned(path: str, device: str = "cpu", options: Optional[dict[str, A
 
 
 def _run(path: str, data: str, labelled: bool, batch_size: int, device: str, options: Optional[dict[str, Any]]):
+    require("--batch-size", batch_size, at_least(1))  # below 1, no batch would run and every prediction be a stand-in
     model, task, record = load_finetuned(path, _device(device), options)
     examples = task.read(data, labelled=labelled)
     with torch.inference_mode():
@@ -94,8 +97,11 @@ def _run(path: str, data: str, labelled: bool, batch_size: int, device: str, opt
 
 
 def _device(name: str) -> str:
+    require("--device", name, device_name)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asks for CUDA but no CUDA device is available; use --device cpu.")
     return name
 
 

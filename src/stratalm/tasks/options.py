@@ -58,6 +58,12 @@ TASK_OPTIONS: dict[str, dict[str, Option]] = {
         "tokenizer_from_train": Option(0, "with a preset name as --model: train a byte-level BPE tokenizer of this "
                                           "many tokens on the training pairs and start the model from scratch", int),
     },
+    "chat": {
+        "chat_template": Option(None, "chat task: jinja2 chat template file to train with and store in the model (default: "
+                                      "the base folder's tokenizer_config.json chat_template, else 'role: content<eos>' lines)"),
+        "pack": Option(False, "chat task: pack short conversations together into rows of up to --max-length tokens", bool),
+        "max_new_tokens": Option(64, "longest output, in tokens", int),
+    },
     "retrieval": {
         "query_column": Option(None, f"column of the query (default: the first of {', '.join(QUERY_COLUMNS)}, "
                                      f"or column 0 of a file without a header)"),

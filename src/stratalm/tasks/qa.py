@@ -11,6 +11,12 @@ The fine-tuned model is the family's ...ForQuestionAnswering (the encoder withou
 a `qa_outputs` layer) and exports to Hugging Face as such. Training windows that do not hold the
 answer point at [CLS]. Scores are SQuAD's exact match and F1 (squad.py), by characters for
 Chinese (`--language zh`, or auto-detected).
+
+XLNet (XLNetForQuestionAnsweringSimple) takes its tokenizer's layout, `question <sep> context
+<sep> <cls>` with token types 0, 1 and 2 (its relative segments), and windows without the answer
+point at that last <cls>. Batches stay right-padded, unlike the reference's left padding: XLNet's
+positions are relative, so a real token sees the same distances either way, and the masked
+padding changes no logit of a real token (tests/test_qa.py checks it).
 """
 from __future__ import annotations
 
@@ -25,7 +31,8 @@ from ..errors import ConfigError, DataError
 from ..models import build_model
 from ..tokenize import Tokenizer
 from .base import Task
-from .common import by_length, copy_shared_weights, model_inputs, model_tokenizer, pad_id_of, start_end_ids, text_batch
+from .common import (by_length, copy_shared_weights, has_template, model_inputs, model_tokenizer, pad_id_of,
+                     start_end_ids, text_batch)
 from .options import TASK_OPTIONS
 from .squad import Answer, QAExample, read_squad, resolve_language, squad_metrics
 
@@ -34,9 +41,9 @@ from .squad import Answer, QAExample, read_squad, resolve_language, squad_metric
 class QAWindow:
     example: int  # index of the question in its list
     input_ids: list[int]
-    token_type_ids: list[int]  # 0 for [CLS] question [SEP], 1 for the context piece and its [SEP]
+    token_type_ids: list[int]  # 0 for [CLS] question [SEP], 1 for the context piece and its [SEP] (XLNet's <cls>: 2)
     offsets: list[Optional[tuple[int, int]]]  # character span in the context of each context token, else None
-    start_position: int = 0  # training target: the answer's first token, or 0 ([CLS]) when it is not here
+    start_position: int = 0  # training target: the answer's first token, or [CLS] when it is not here
     end_position: int = 0
 
 
@@ -60,6 +67,13 @@ def special_ids(tokenizer: Tokenizer) -> tuple[int, int]:
     return cls, sep
 
 
+def cls_last(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer's own template ends an input with [CLS] (XLNet's A <sep> B <sep> <cls>)."""
+    if not has_template(tokenizer) or tokenizer.cls_id is None:
+        return False
+    return tokenizer.backend.encode("a", "b", add_special_tokens=True).ids[-1] == tokenizer.cls_id
+
+
 def answer_tokens(spans: Sequence[tuple[int, int]], answer: Answer) -> Optional[tuple[int, int]]:
     """Indices of the first and last context token that overlap the answer's characters."""
     inside = [i for i, (s, e) in enumerate(spans) if e > answer.start and s < answer.end and e > s]
@@ -76,7 +90,7 @@ def make_windows(
     with_labels: bool = True,
 ) -> list[QAWindow]:
     """The windows of one question; with labels, each points at the first answer span when it lies
-    whole inside the window's context piece, else at [CLS] (index 0)."""
+    whole inside the window's context piece, else at [CLS] (index 0; the last index for XLNet)."""
     cls, sep = special_ids(tokenizer)
     question = tokenizer.encode_with_offsets(example.question)[0][:max_query_length]
     context_ids, raw_offsets = tokenizer.encode_with_offsets(example.context)
@@ -87,13 +101,16 @@ def make_windows(
                           f"question, which must exceed --doc-stride {doc_stride}; raise --max-length or lower --doc-stride.")
     gold = example.span_answer if with_labels else None
     target = answer_tokens(spans, gold) if gold is not None else None
-    head = [cls, *question, sep]
+    at_end = cls_last(tokenizer)
+    head, tail = ([*question, sep], [sep, cls]) if at_end else ([cls, *question, sep], [sep])
     windows, begin = [], 0
     while True:
         end = min(begin + room, len(context_ids))
         piece = context_ids[begin:end]
-        window = QAWindow(index, head + piece + [sep], [0] * len(head) + [1] * (len(piece) + 1),
-                          [None] * len(head) + list(spans[begin:end]) + [None])
+        window = QAWindow(index, head + piece + tail, [0] * len(head) + [1] * (len(piece) + 1) + [2] * (len(tail) - 1),
+                          [None] * len(head) + list(spans[begin:end]) + [None] * len(tail))
+        if at_end:  # no answer here: point at the <cls> that ends the window
+            window.start_position = window.end_position = len(window.input_ids) - 1
         if target is not None and begin <= target[0] and target[1] < end:
             window.start_position = len(head) + target[0] - begin
             window.end_position = len(head) + target[1] - begin
@@ -183,7 +200,7 @@ class QATask(Task):
     def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end logits (B, T), padding masked out."""
         inputs = model_inputs(model, batch)
-        if "token_type_ids" in inputs and model.config.type_vocab_size < 2:
+        if "token_type_ids" in inputs and model.config.type_vocab_size < 2 and not model.config.relative_segments:
             inputs["token_type_ids"] = torch.zeros_like(inputs["token_type_ids"])  # one segment (RoBERTa)
         logits = model(**inputs).logits.float()  # (B, T, 2)
         logits = logits.masked_fill(~inputs["attention_mask"].bool()[..., None], -1e4)

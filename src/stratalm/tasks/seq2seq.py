@@ -14,13 +14,12 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..generate import beam_search, greedy_search
 from ..tokenize import Tokenizer, train_bpe
-from .base import IGNORE, Task
+from .base import IGNORE, Task, mean_token_loss, summed_token_losses
 from .common import is_chinese, model_tokenizer, pad, pad_id_of, start_end_ids
 from .data_files import read_pairs
 from .options import SEQ2SEQ_TARGET_COLUMNS as TARGET_COLUMNS, SOURCE_COLUMNS, TASK_OPTIONS
@@ -128,12 +127,10 @@ class Seq2SeqTask(Task):
             logits = model(ids, attention_mask=mask, labels=labels).logits  # (B, T_target, V)
         else:
             logits, labels = model(ids, attention_mask=mask).logits[:, :-1], labels[:, 1:]  # predict the next token
-        losses = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-        return losses.sum(dim=1), (labels != IGNORE).sum(dim=1)
+        return summed_token_losses(logits, labels)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        total, count = self.token_losses(model, batch)
-        return total.sum() / count.sum().clamp(min=1)
+        return mean_token_loss(self.token_losses(model, batch))
 
     # -- evaluation --------------------------------------------------------------------------
     def predict(self, model: nn.Module, examples: list[dict[str, Any]], max_length: int,

@@ -1,8 +1,10 @@
 """A thin wrapper over `tokenizers.Tokenizer` that knows its special tokens by role.
 
-Tokenizers trained here put the same special tokens first, so their ids are stable:
-pad=0, bos=1, eos=2, unk=3, mask=4, cls=5, sep=6 (mask/cls/sep are reserved for the encoder
-objectives). A tokenizer.json from elsewhere keeps its own tokens; roles are found by name.
+The byte-level BPE and character tokenizers trained here put the same special tokens first, so
+their ids are stable: pad=0, bos=1, eos=2, unk=3, mask=4, cls=5, sep=6 (mask/cls/sep are reserved
+for the encoder objectives). WordPiece and Unigram ones take their family's tokens and template
+(layouts.py, subword.py). A tokenizer.json from elsewhere keeps its own tokens; roles are found by
+name. A Hugging Face folder with only vocab.txt or spiece.model is converted on load (convert.py).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from ..errors import CheckpointError, DataError
+from .convert import convert_folder
+from .subword import trained_unigram, trained_wordpiece
 
 SPECIAL_TOKENS = {
     "pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>",
@@ -89,10 +93,17 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":
+        """A tokenizer.json, or a folder with one; a Hugging Face folder with only the family's
+        vocab.txt (BERT) or spiece.model (T5, ALBERT, XLNet) is converted (convert.py)."""
         if os.path.isdir(path):
+            if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+                converted = convert_folder(path)
+                if converted is not None:
+                    return cls(converted)
             path = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(path):
-            raise CheckpointError(f"no tokenizer at '{path}'; give a tokenizer.json file or a folder that holds one.")
+            raise CheckpointError(f"no tokenizer at '{path}'; give a tokenizer.json file or a folder that holds one "
+                                  "(or a Hugging Face folder with vocab.txt or spiece.model).")
         try:
             return cls(HFTokenizer.from_file(path))
         except Exception as exc:  # the Rust library raises plain Exceptions
@@ -130,3 +141,17 @@ def train_char(texts: Iterator[str]) -> Tokenizer:
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(list(SPECIAL_TOKENS.values()))
     return Tokenizer(backend)
+
+
+def train_wordpiece(texts: Iterator[str], vocab_size: int = 8192, lowercase: Optional[bool] = None,
+                    family: Optional[str] = None, show_progress: bool = True) -> Tokenizer:
+    """BERT's WordPiece (uncased unless `lowercase` is False; family bert or electra), trained on
+    `texts`: [PAD] [UNK] [CLS] [SEP] [MASK] take ids 0-4, pieces inside a word are marked `##`."""
+    return Tokenizer(trained_wordpiece(texts, vocab_size, lowercase, family, show_progress))
+
+
+def train_unigram(texts: Iterator[str], vocab_size: int = 8192, lowercase: Optional[bool] = None,
+                  family: Optional[str] = None, show_progress: bool = True) -> Tokenizer:
+    """A SentencePiece-style Unigram model trained on `texts`, words marked by a leading `▁`, with
+    the special tokens and template of `family`: t5 (default: <pad> </s> <unk>), albert or xlnet."""
+    return Tokenizer(trained_unigram(texts, vocab_size, lowercase, family, show_progress))

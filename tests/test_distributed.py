@@ -1,0 +1,154 @@
+"""Scaling out on torch's own engine: FSDP2 beside DDP (train.parallel), checkpoints that resume on
+another number of processes, two "nodes" meeting through a c10d rendezvous on loopback, and
+activation checkpointing per block. Processes are gloo on the CPU."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli, run_two_processes, small_char_corpus
+
+# Small enough for seconds per run, two blocks so FSDP has units besides the root. A flat learning
+# rate (lr = min_lr, no warmup) lets a run be cut into pieces by its max_steps without the
+# schedule being stretched, so the pieces must replay the uninterrupted run.
+COMMON = ["--model", "tiny", "model.n_layers=2", "model.d_model=64", "model.max_seq_len=32", "model.dropout=0.0",
+          "train.batch_size=8", "train.log_every=1", "train.eval_every=0", "train.eval_windows=6",
+          "train.progress=false", "train.warmup_steps=0", "train.lr=0.003", "train.min_lr=0.003"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return small_char_corpus(tmp_path_factory.mktemp("dist"))
+
+
+def losses(out):
+    with open(os.path.join(out, "metrics.jsonl")) as handle:
+        return [r["loss"] for r in map(json.loads, handle) if "loss" in r]
+
+
+def validation(out):
+    with open(os.path.join(out, "metrics.jsonl")) as handle:
+        return [r["val_loss"] for r in map(json.loads, handle) if "val_loss" in r]
+
+
+def pretrain_two(data, out, steps, *extra):
+    done = run_two_processes("pretrain", "--data", data, "--out", out, "--max-steps", steps, *COMMON, *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    pretrain_two(data, out, 20, "train.parallel=ddp")
+    return out
+
+
+def test_fsdp_matches_ddp_over_twenty_steps(data, ddp_run, tmp_path):
+    out = tmp_path / "fsdp"
+    done = pretrain_two(data, out, 20, "train.parallel=fsdp", "train.save_every=10")
+    assert "2 processes" in done.stdout
+    ddp, fsdp = losses(ddp_run), losses(out)
+    assert len(ddp) == len(fsdp) == 20
+    assert max(abs(a - b) for a, b in zip(ddp, fsdp)) < 1e-5, (ddp, fsdp)
+    assert abs(validation(ddp_run)[-1] - validation(out)[-1]) < 1e-5  # evaluation ran on the gathered weights
+    # The sharded run saved full tensors in the native format: the same weights as DDP's.
+    from safetensors.torch import load_file
+
+    a, b = load_file(ddp_run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+def test_fsdp_is_refused_with_muon(data, tmp_path):
+    done = run_cli("pretrain", "--data", data, "--out", tmp_path / "r", "--max-steps", "1", *COMMON,
+                   "train.parallel=fsdp", "train.optimizer=muon")
+    assert done.returncode != 0 and done.stderr.strip().splitlines() == [
+        "error: train.parallel=fsdp needs train.optimizer=adamw (not muon); use parallel=ddp for it."]
+    done = run_cli("pretrain", "--data", data, "--out", tmp_path / "r", "--max-steps", "1", *COMMON, "train.parallel=zero")
+    assert done.returncode != 0 and done.stderr.strip().startswith("error: train.parallel must be one of ddp, fsdp")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pretrain_on_two_nodes(data, out, steps, *extra):
+    """Two launchers, one process each, that find each other through a c10d rendezvous on
+    loopback, as two machines would through the first one's address."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes",
+               "-m", "stratalm", "pretrain", "--data", str(data), "--out", str(out), "--max-steps", str(steps),
+               *COMMON, *extra]
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    return "".join(out for out, _ in outputs)
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_another_number_of_processes(data, ddp_run, tmp_path):
+    """2 processes (FSDP, two nodes) -> 1 process -> 2 processes (FSDP): the same 20 losses as the
+    uninterrupted 2-process run, since every count draws the same global batches."""
+    out = tmp_path / "resharded"
+    stdout = pretrain_on_two_nodes(data, out, 7, "train.parallel=fsdp")
+    assert "2 processes" in stdout
+    single = run_cli("pretrain", "--data", data, "--out", out, "--max-steps", "14", *COMMON, "--resume")
+    assert single.returncode == 0 and "resuming from step 7" in single.stdout, single.stderr[-3000:]
+    again = pretrain_two(data, out, 20, "train.parallel=fsdp", "--resume")
+    assert "resuming from step 14" in again.stdout
+    reference, resumed = losses(ddp_run), losses(out)
+    assert len(resumed) == 20
+    assert max(abs(a - b) for a, b in zip(reference, resumed)) < 1e-4, (reference, resumed)
+
+
+ACTIVATIONS = """
+import sys, torch
+from stratalm.families import preset
+from stratalm.models import build_model
+from stratalm.models.stack import use_activation_checkpointing
+torch.manual_seed(0)
+model = build_model(preset("tiny", n_layers=8, d_model=128, max_seq_len=256, vocab_size=512, dropout=0.1))
+use_activation_checkpointing(model, sys.argv[1] == "on")
+ids = torch.randint(0, 512, (16, 256))
+
+def status_kb(field):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(field + ":"))
+
+with open("/proc/self/clear_refs", "w") as handle:  # "5" resets the peak (VmHWM) to the current resident set
+    handle.write("5")
+before = status_kb("VmRSS")
+logits = model(input_ids=ids).logits
+loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
+loss.backward()
+grown = status_kb("VmHWM") - before
+grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+print(repr(loss.item()), repr(float(grads.double().abs().sum())), grown)
+"""
+
+
+def test_activation_checkpointing_keeps_the_loss_and_lowers_peak_memory():
+    """A training step with dropout, in a fresh process each way: the same loss and gradients (the
+    recomputed blocks replay the dropout masks) and a lower peak resident memory. Large
+    allocations are mmap-ed (MALLOC_MMAP_THRESHOLD_), so freed activations leave the resident set
+    instead of staying in malloc's heap and hiding the peak."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    measured = {}
+    for mode in ("off", "on"):
+        done = subprocess.run([sys.executable, "-c", ACTIVATIONS, mode], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        loss, grads, grown_kb = done.stdout.split()
+        measured[mode] = (float(loss), float(grads), int(grown_kb))
+    assert measured["on"][:2] == measured["off"][:2]
+    assert measured["on"][2] < 0.75 * measured["off"][2], measured
