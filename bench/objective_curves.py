@@ -1,6 +1,7 @@
 """A short run of every pretraining objective, each with the recipe its learning test uses, and
 their curves: one `stratalm plot` PNG per run plus a grid of all of them, and the final validation
-metrics as JSON. Needs ../shared/data (Tiny Shakespeare, MRPC) and about 7 minutes on 2 quiet CPU cores.
+metrics as JSON. Needs ../shared/data (Tiny Shakespeare, MRPC) and about 13 minutes on 2 quiet CPU cores
+(the runs took 736 s on 2026-12-01, AMD EPYC; plm 62 s).
 The PNG of docs/objective_curves.png is its grid, runs/objective_curves/objectives.png.
 
     python bench/objective_curves.py --out runs/objective_curves
