@@ -28,6 +28,7 @@ are nn.Linear's, so checkpoints, LoRA and `transformers` interop are unchanged.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Hashable, Optional, TypeVar
 
 import torch
@@ -45,6 +46,9 @@ CHOICE = PathChoice("linear", ("plain", "transposed"))
 # other way round from what a step of all of them measures (path_choice.py).
 STEP_CHOICE = PathChoice("linear", ("plain", "transposed", "columns"))
 _FORCED: list[Optional[str]] = [None]  # the path every product takes inside run_step, if any
+# The layout run_step last gave each model's weights (True: by columns). Weights swapped in from
+# outside afterwards keep their own layout: the numbers are the same, only the speed differs.
+_LAID_OUT: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
 def transposed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -92,7 +96,10 @@ def run_step(key: Hashable, step: Callable[[], T], model: nn.Module) -> T:
     product on one path: the first steps of each `key` try each path in turn, timed, and then the
     faster is kept. The weights of `model` take the layout of the path (see store_by_columns)."""
     path = STEP_CHOICE.upcoming(key)
-    store_by_columns(model, path == "columns")
+    by_columns = path == "columns"
+    if _LAID_OUT.get(model) != by_columns:  # walking every module each step would cost ~1% of a step
+        store_by_columns(model, by_columns)
+        _LAID_OUT[model] = by_columns
 
     def on(forced: str) -> Callable[[], T]:
         def run() -> T:
