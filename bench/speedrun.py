@@ -2,12 +2,12 @@
 
 (a) nanoGPT's CPU recipe (examples/shakespeare_char.yaml, 2,000 steps), (b) stratalm's first recipe
 for 2 CPU cores (examples/speedrun_cpu.yaml) and (c) the modern recipe (examples/speedrun_cpu_v2.yaml:
-QK-norm, zero-initialised output projections, logit soft-capping, separate embedding and head
+Muon for the blocks' matrices, QK-norm, zero-initialised output projections, logit soft-capping, separate embedding and head
 learning rates, a warmup-stable-decay schedule) train one after the other in this process's run, on
 the same prepared data: ../shared/data/tinyshakespeare, characters, first 90% train, last 10%
 validation. All are measured the same way: the loss over every character of the whole validation
 split, in non-overlapping windows of 64 characters (every recipe uses a 64-character context),
-evaluated every --eval-every steps. Time is the training time the trainer logs (`train_s`: forward,
+evaluated 20 times in each run (every --eval-every steps if given). Time is the training time the trainer logs (`train_s`: forward,
 backward and optimizer steps, including any compile; evaluation and saving excluded), so evaluating
 often does not slow a run down. No recipe here uses torch.compile.
 
@@ -16,9 +16,9 @@ the whole split the same recipe ends near 1.90, see ../shared/notes/speedrun.md)
 is reported too where a run reaches it. A crossing between two evaluations is placed by linear
 interpolation of the loss in time. Then (b)'s and (c)'s schedules are stretched to (a)'s training
 time (steps scaled by the ratio of the two times) and the best loss each reaches in that time is
-reported. With --ablation, (c) runs again with each of its options off in turn (and Muon or ReLU squared
-on), and
-each row gives its time to the target and its final loss.
+reported. With --ablation, (c) runs again with each of its options off in turn (AdamW instead of Muon,
+torch's bf16 Newton-Schulz steps, ReLU squared instead of SwiGLU among them), and each row gives its
+time to the target and its final loss.
 
 The machine is shared and its load changes within a run: compare the ratios of one run, and look
 at `load_average` (sampled before each recipe) before trusting a figure.
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,14 +50,14 @@ RECIPES = {"a": EXAMPLES / "shakespeare_char.yaml", "b": EXAMPLES / "speedrun_cp
            "c": EXAMPLES / "speedrun_cpu_v2.yaml"}
 LABELS = {"a": "(a) shakespeare_char.yaml", "b": "(b) speedrun_cpu.yaml", "c": "(c) speedrun_cpu_v2.yaml"}
 NANOGPT_QUOTE = 1.88
-# (c) with one of its options off (or, for Muon, on), each in turn.
+# (c) with one of its options off (or changed), each in turn.
 ABLATIONS = {
     "no QK-norm": ["model.qk_norm=false"],
     "no zero-init output projections": ["model.zero_init_output=false"],
     "no logit soft-cap": ["model.logit_softcap=0"],
     "embedding and head at lr": ["train.embed_lr=null", "train.head_lr=null"],
     "cosine instead of WSD": ["train.schedule=cosine"],
-    "with Muon": ["train.optimizer=muon"],
+    "AdamW instead of Muon": ["train.optimizer=adamw"],
     "with ReLU squared": ["model.activation=relu2", "model.gated=false", "model.d_ff=512"],
 }
 
@@ -84,6 +85,12 @@ def time_to(curve: list[dict[str, float]], target: float) -> Optional[float]:
             return before["train_s"] + share * (point["train_s"] - before["train_s"])
         before = point
     return None
+
+
+def evaluations_every(steps: int) -> int:
+    """Steps between evaluations for 20 in a run: a crossing is placed between two of them, so short
+    runs need them as finely spaced as long ones (and (a)'s 2,000 steps need no 40)."""
+    return max(1, steps // 20)
 
 
 def recipe_steps(recipe: Path) -> int:
@@ -120,12 +127,13 @@ def summary(curve: list[dict[str, float]], recipe: Path) -> dict[str, Any]:
             "best_val_loss": min(c["val_loss"] for c in curve), "curve": curve, "load_average": os.getloadavg()[0]}
 
 
-def stretched(recipe: Path, data: Path, out: Path, seconds: float, recipe_s: float, eval_every: int) -> dict[str, Any]:
+def stretched(recipe: Path, data: Path, out: Path, seconds: float, recipe_s: float,
+              eval_every: Optional[int]) -> dict[str, Any]:
     """`recipe` with its schedule stretched to `seconds` of training (its steps scaled by
     seconds / recipe_s, the time its own run took); the best loss it reaches within `seconds`."""
     steps = round(recipe_steps(recipe) * seconds / recipe_s)
     log(f"== speedrun {recipe.name} stretched to {seconds:.1f} s: {steps} steps")
-    curve = train(recipe, data, out, max(eval_every, steps // 40), [f"train.max_steps={steps}", f"train.decay_steps={steps}"])
+    curve = train(recipe, data, out, eval_every or evaluations_every(steps), [f"train.max_steps={steps}", f"train.decay_steps={steps}"])
     within = [c for c in curve if c["train_s"] <= seconds * 1.02] or curve[:1]
     return {"steps": steps, "train_s": curve[-1]["train_s"], "best_val_loss": min(c["val_loss"] for c in within),
             "curve": curve, "load_average": os.getloadavg()[0]}
@@ -172,19 +180,20 @@ def step_costs(rounds: int, variants: dict[str, tuple[Path, list[str]]]) -> dict
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/speedrun")
-    p.add_argument("--eval-every", type=int, default=50, help="steps between whole-split evaluations (both recipes)")
+    p.add_argument("--eval-every", type=int, help="steps between whole-split evaluations (default: 20 in each run)")
     p.add_argument("--no-long", action="store_true", help="skip the runs of (b) and (c) stretched to (a)'s time")
     p.add_argument("--smoke", action="store_true", help="a few steps of each recipe (checks the harness; not recorded)")
     p.add_argument("--no-record", action="store_true", help="do not rewrite bench/RESULTS.md")
-    p.add_argument("--ablation", action="store_true", help="also run (c) with each option off in turn (and Muon on)")
+    p.add_argument("--ablation", action="store_true", help="also run (c) with each option off or changed in turn")
     p.add_argument("--recipes", default="a,b,c", help="which of a, b, c to run (without a, give --target and --a-seconds)")
     p.add_argument("--target", type=float, help="the loss to reach when (a) is not run (its final loss of an earlier run)")
     p.add_argument("--a-seconds", type=float, help="(a)'s training time when (a) is not run (of an earlier run)")
     p.add_argument("--step-costs", type=int, metavar="ROUNDS",
-                   help="only time ROUNDS training steps of (b), (c) and (c) with Muon, in turn (no training run)")
+                   help="only time ROUNDS training steps of (b), (c), (c) with AdamW and (c) with bf16 Newton-Schulz, in turn (no training run)")
     args = p.parse_args(argv)
     if args.step_costs:
-        variants = {"b": (RECIPES["b"], []), "c": (RECIPES["c"], []), "c with Muon": (RECIPES["c"], ["train.optimizer=muon"])}
+        variants = {"b": (RECIPES["b"], []), "c": (RECIPES["c"], []), "c with AdamW": (RECIPES["c"], ["train.optimizer=adamw"]),
+                    "c, Newton-Schulz in bf16": (RECIPES["c"], ["train.muon_precision=bf16"])}
         print(json.dumps({"case": "speedrun step costs", "machine": machine_info(), "load_average": os.getloadavg(),
                           "steps": step_costs(args.step_costs, variants)}, indent=2))
         return 0
@@ -199,12 +208,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = out / "data"
     stratalm("prepare", text, "--out", data, "--tokenizer", "char", "--overwrite", "--quiet")
     smoke = ["train.max_steps=6", "train.warmup_steps=2", "train.eval_windows=8"] if args.smoke else []
-    eval_every = 3 if args.smoke else args.eval_every
+    eval_every = 3 if args.smoke else args.eval_every  # None: evaluations_every(the recipe's steps)
 
     result: dict[str, Any] = {"case": "speedrun", "machine": machine_info(), "rounds": 1}
     for name in names:
         log(f"== speedrun ({name}): {RECIPES[name].name}")
-        result[name] = summary(train(RECIPES[name], data, out / name, eval_every, smoke), RECIPES[name])
+        every = eval_every or evaluations_every(recipe_steps(RECIPES[name]))
+        result[name] = summary(train(RECIPES[name], data, out / name, every, smoke), RECIPES[name])
     target = result["a"]["final_val_loss"] if "a" in result else args.target
     result["target"] = target
     result["a_seconds"] = result["a"]["train_s"] if "a" in result else args.a_seconds
@@ -212,8 +222,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         result["ablation"] = {}
         for option, overrides in ABLATIONS.items():
             log(f"== speedrun (c) {option}")
-            slug = option.replace(" ", "-")
-            result["ablation"][option] = summary(train(RECIPES["c"], data, out / f"c-{slug}", eval_every,
+            slug = re.sub(r"[^a-z0-9]+", "-", option.lower()).strip("-")
+            result["ablation"][option] = summary(train(RECIPES["c"], data, out / f"c-{slug}",
+                                                       eval_every or evaluations_every(recipe_steps(RECIPES["c"])),
                                                        overrides + smoke), RECIPES["c"])
     for run in [result[n] for n in names] + list(result.get("ablation", {}).values()):
         run["to_target_s"] = time_to(run["curve"], target)

@@ -133,20 +133,35 @@ def test_tiny_gpt_learns_a_toy_chat(chat_model):
     assert record["options"]["pack"] is True and record["state"]["chat_template"] == DEFAULT_CHAT_TEMPLATE
 
 
-def test_stored_template_renders_in_transformers_as_in_stratalm(chat_model):
+def assert_transformers_renders_as_stratalm(folder, stratalm_folder) -> None:
+    """AutoTokenizer(folder).apply_chat_template gives the string and ids that stratalm renders
+    with the chat model in `stratalm_folder`, with and without a generation prompt."""
     from transformers import AutoTokenizer
 
-    folder = str(chat_model / "out")
-    config = json.loads((chat_model / "out" / "tokenizer_config.json").read_text())
+    config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["chat_template"] == DEFAULT_CHAT_TEMPLATE
-    hf = AutoTokenizer.from_pretrained(folder)
-    tokenizer = stratalm.load(folder).tokenizer
-    renderer = ChatRenderer(config["chat_template"], tokenizer)
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = stratalm.load(str(stratalm_folder)).tokenizer
+    renderer = ChatRenderer(DEFAULT_CHAT_TEMPLATE, tokenizer)
     for messages, prompt in [(CONVERSATION, False), (CONVERSATION[:4], True), (CONVERSATION[1:2], True)]:
         ours = renderer.render(messages, add_generation_prompt=prompt)
         assert hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt) == ours
         ids = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=prompt, return_dict=False)
         assert list(ids) == tokenizer.encode(ours)
+
+
+def test_stored_template_renders_in_transformers_as_in_stratalm(chat_model):
+    assert_transformers_renders_as_stratalm(chat_model / "out", chat_model / "out")
+
+
+def test_hf_export_keeps_the_chat_template(chat_model):
+    """`stratalm convert` to the Hugging Face format carries the fine-tuned model's template."""
+    export = chat_model / "hf"
+    done = run_cli("convert", chat_model / "out", export, "--to", "hf")
+    assert done.returncode == 0, done.stderr
+    assert stratalm.load(str(chat_model / "out")).chat_template == DEFAULT_CHAT_TEMPLATE
+    assert_transformers_renders_as_stratalm(export, chat_model / "out")
+    assert stratalm.load(str(chat_model / "base")).chat_template is None  # a plain model exports none
 
 
 def test_chat_command_answers_piped_turns(chat_model):

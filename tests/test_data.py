@@ -92,6 +92,22 @@ def test_prepare_streams_in_pieces_without_changing_the_tokens(tmp_path, monkeyp
     assert pieces.manifest["n_documents"] == 1
 
 
+def mixed_corpus(tmp_path) -> tuple[list[str], int]:
+    """Many short JSONL documents between two text files (the inputs, and how many documents)."""
+    texts = pydoc_texts(8)
+    (tmp_path / "a.txt").write_text(texts[0])
+    (tmp_path / "b.txt").write_text(texts[1])
+    sentences = [line for text in texts[2:] for line in text.splitlines() if line.strip()]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences))
+    return [str(tmp_path / name) for name in ("a.txt", "c.jsonl", "b.txt")], len(sentences) + 2
+
+
+def assert_same_folder(one: dict, two: dict, folder_one, folder_two) -> None:
+    assert {k: v for k, v in one.items() if k != "sources"} == {k: v for k, v in two.items() if k != "sources"}
+    for name in ["documents.bin"] + [shard["file"] for shard in one["shards"]]:
+        assert (folder_one / name).read_bytes() == (folder_two / name).read_bytes(), name
+
+
 def test_parallel_workers_write_the_same_folder_as_one_process(tmp_path, monkeypatch):
     """Many short JSONL documents and two text files read in pieces, in batches small enough that
     documents and held-out runs straddle them: 2 worker processes write byte for byte what one
@@ -99,23 +115,67 @@ def test_parallel_workers_write_the_same_folder_as_one_process(tmp_path, monkeyp
     from stratalm.cli import main
     from stratalm.data import encode
 
-    texts = pydoc_texts(8)
-    (tmp_path / "a.txt").write_text(texts[0])
-    (tmp_path / "b.txt").write_text(texts[1])
-    sentences = [line for text in texts[2:] for line in text.splitlines() if line.strip()]
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences))
-    inputs = [str(tmp_path / name) for name in ("a.txt", "c.jsonl", "b.txt")]
+    inputs, n_documents = mixed_corpus(tmp_path)
     monkeypatch.setattr(sources, "CHUNK_BYTES", 700)  # the text files come in many pieces
     one = prepare(inputs, str(tmp_path / "one"), tokenizer="bpe", vocab_size=400, progress=False)
     monkeypatch.setattr(encode, "ENCODE_BATCH_CHARS", 2000)  # a few dozen pieces per batch
     tokenizer = str(tmp_path / "one" / "tokenizer.json")
     two = prepare(inputs, str(tmp_path / "two"), tokenizer=tokenizer, progress=False, workers=2)
-    assert one["validation"]["by"] == "documents" and one["n_documents"] == len(sentences) + 2 > 400
-    assert {k: v for k, v in one.items() if k != "sources"} == {k: v for k, v in two.items() if k != "sources"}
-    for name in ["documents.bin"] + [shard["file"] for shard in one["shards"]]:
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert one["validation"]["by"] == "documents" and one["n_documents"] == n_documents > 400
+    assert_same_folder(one, two, tmp_path / "one", tmp_path / "two")
     assert main(["prepare", inputs[0], "--out", str(tmp_path / "three"), "--workers", "0", "--quiet"]) != 0
     assert not (tmp_path / "three").exists()
+
+
+def test_small_batches_through_the_reading_and_encoding_threads_change_nothing(tmp_path, monkeypatch):
+    """One process reads, encodes and writes different batches at once: with batches of 7 pieces
+    (hundreds of them, ids read back while the next ones encode) the folder is the one a single
+    batch gives, and a bad line far into the corpus still stops it with its line number."""
+    from stratalm.data import encode
+
+    inputs, _ = mixed_corpus(tmp_path)
+    monkeypatch.setattr(encode, "ENCODE_BATCH_CHARS", 1 << 30)
+    monkeypatch.setattr(encode, "BATCH_PIECES", 1 << 30)
+    whole = prepare(inputs, str(tmp_path / "whole"), tokenizer="bpe", vocab_size=400, progress=False)
+    monkeypatch.setattr(encode, "BATCH_PIECES", 7)
+    tokenizer = str(tmp_path / "whole" / "tokenizer.json")
+    small = prepare(inputs, str(tmp_path / "small"), tokenizer=tokenizer, progress=False)
+    assert_same_folder(whole, small, tmp_path / "whole", tmp_path / "small")
+    lines = (tmp_path / "c.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "c.jsonl").write_text("".join(lines[:300]) + '{"text": "cut\n' + "".join(lines[300:]))
+    with pytest.raises(DataError, match="c.jsonl' line 301 is not valid JSON"):
+        prepare(inputs, str(tmp_path / "bad"), tokenizer=tokenizer, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+JSONL_LINES = [
+    '{"text": "plain"}\n', '{"text":"no space","id":3}\n', '  {"text": "spaces around"}  \n', "\n", "   \t\n",
+    '{"text": "crlf"}\r\n', '{"text": "escapes \\u00e9\\n\\t\\"\\ud83d\\ude00", "x": NaN}\n',
+    '{"text": "naïve 数字 ✓"}\n', '{"id": 1, "text": "field last"}\n', '{"text": "no final break"}',
+]
+
+
+def test_jsonl_reading_gives_what_json_loads_gives_line_by_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes("".join(JSONL_LINES).encode("utf-8"))
+    with open(path, encoding="utf-8") as handle:  # the reference: universal newlines, json.loads per line
+        expected = [json.loads(line)["text"] for line in handle if line.strip()]
+    assert list(sources._jsonl_documents(str(path), "text")) == expected and len(expected) == 8
+
+
+@pytest.mark.parametrize("bad_line,message", [
+    ('{"text": "a"}, {"text": "b"}\n', "line 3 is not valid JSON"),  # two values: fine inside an array, not alone
+    ('{"text": "a"} x\n', "line 3 is not valid JSON"),
+    ('["text"]\n', "line 3 has no 'text' field"),
+    ('{"txt": "a"}\n', "line 3 has no 'text' field"),
+    ('{"text": null}\n', "line 3: field 'text' holds null, not a string"),
+    ('{"text": ["a", "b"]}\n', 'line 3: field \'text\' holds \\["a", "b"\\], not a string'),
+])
+def test_jsonl_reading_names_the_bad_line(tmp_path, bad_line, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "fine"}\n\n' + bad_line + '{"text": "after"}\n')
+    with pytest.raises(DataError, match=message):
+        list(sources._jsonl_documents(str(path), "text"))
 
 
 def test_prepare_takes_folders_and_uses_uint32_for_large_vocabularies(tmp_path):

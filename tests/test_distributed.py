@@ -65,6 +65,19 @@ def test_fsdp_matches_ddp_over_twenty_steps(data, ddp_run, tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
 
+@pytest.mark.slow
+def test_fsdp_matches_ddp_with_masked_lm_on_an_encoder(data, tmp_path):
+    """FSDP2 on BERT under mlm, whose pooler and next-sentence head stay frozen (no gradient): the
+    same losses as DDP over ten steps, each process masking its rows of the same global batch."""
+    encoder = ["--model", "bert", "--objective", "mlm", "model.attention_dropout=0.0"]  # after COMMON's: this --model wins
+    found = {}
+    for parallel in ("ddp", "fsdp"):
+        pretrain_two(data, tmp_path / parallel, 10, f"train.parallel={parallel}", *encoder)
+        found[parallel] = losses(tmp_path / parallel)
+    assert len(found["ddp"]) == len(found["fsdp"]) == 10
+    assert max(abs(a - b) for a, b in zip(found["ddp"], found["fsdp"])) < 1e-5, found
+
+
 def test_fsdp_is_refused_with_muon(data, tmp_path):
     done = run_cli("pretrain", "--data", data, "--out", tmp_path / "r", "--max-steps", "1", *COMMON,
                    "train.parallel=fsdp", "train.optimizer=muon")
@@ -152,3 +165,26 @@ def test_activation_checkpointing_keeps_the_loss_and_lowers_peak_memory():
         measured[mode] = (float(loss), float(grads), int(grown_kb))
     assert measured["on"][:2] == measured["off"][:2]
     assert measured["on"][2] < 0.75 * measured["off"][2], measured
+
+
+@pytest.mark.slow
+def test_a_failed_save_on_the_first_process_stops_every_process_with_one_sentence(data, tmp_path):
+    """Rank 0 alone writes checkpoints; when its write fails (here a file-size limit, EFBIG), the
+    other process learns it through an all_reduce after the save instead of waiting at a barrier
+    for a process that has left, and both end with one sentence each."""
+    from test_faults import limit_file_size
+
+    out = tmp_path / "run"
+    pretrain_two(data, out, 4, "train.save_every=2")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "stratalm",
+               "pretrain", "--out", str(out), "--resume", "--max-steps", "8"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size(64 * 1024))
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, done.stderr[-3000:]
+    assert not [line for line in done.stderr.splitlines() if line.startswith("[rank") and "Traceback" in line], done.stderr
+    assert any(line.startswith(f"error: could not write the checkpoint of step 6 into '{out}' (File too large")
+               for line in errors), errors
+    assert f"error: the first process could not write the checkpoint of step 6 into '{out}' (its message says why), so " \
+           f"this one stopped too; the last good checkpoint, of step 4, is in '{out}'" in " ".join(errors), errors
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 4

@@ -428,3 +428,58 @@ def test_a_checkpoint_with_nonfinite_weights_is_never_written(data, tmp_path):
         loop.close()
     assert digests(out) == before
     assert load_training_checkpoint(str(out), loop.model, loop.optimizer)["step"] == 1
+
+
+def test_a_file_too_large_while_exporting_is_one_sentence_and_the_earlier_export_survives(tmp_path):
+    """Every writer of a model folder goes through the checkpoint's guarded write, not only the
+    training checkpoint: here `convert --to hf` (checkpoint/hf.py)."""
+    import stratalm
+    from stratalm.models import build_model
+
+    source, export = tmp_path / "model", tmp_path / "hf"
+    stratalm.save(build_model(stratalm.preset("tiny", n_layers=1, d_model=64, n_heads=2, vocab_size=256, max_seq_len=32)),
+                  str(source))
+    convert = [sys.executable, "-m", "stratalm", "convert", str(source), str(export), "--to", "hf", "--overwrite"]
+    finish(convert)
+    before = digests(export)
+    process = subprocess.run(convert, capture_output=True, text=True, env=ENV, timeout=600,
+                             preexec_fn=limit_file_size(64 * 1024))
+    assert process.returncode == 2 and "Traceback" not in process.stderr, process.stderr
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: could not write the Hugging Face model into '{export}' (File too large"), lines
+    assert "what the folder held before is intact" in lines[0]
+    assert digests(export) == before and not (export / ".pending").exists()
+
+
+# -- a stop signal before the first step --------------------------------------------------------------
+def stopped_at(args, point, sig):
+    process = start(args, pause=point)
+    wait_until_paused(process, point)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + sig and "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # the pause line was read already: one sentence and nothing else
+    return lines[0]
+
+
+def test_a_stop_signal_while_the_run_is_built_exits_cleanly_and_writes_nothing(data, tmp_path):
+    out = tmp_path / "run"
+    assert stopped_at(command(data, out), "built@0", signal.SIGTERM) == (
+        "error: stopped by SIGTERM before training started; nothing was written, so the run folder is as it was.")
+    assert not out.exists()
+    pretrain(run_config(data, out, max_steps=2))
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert stopped_at(command(data, out, steps=4), "built@0", signal.SIGINT).startswith("error: stopped by SIGINT before")
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_stop_signal_while_the_folder_is_set_up_waits_for_it_then_exits(data, tmp_path):
+    out = tmp_path / "run"
+    assert stopped_at(command(data, out, steps=2), "opened@0", signal.SIGTERM) == (
+        f"error: stopped by SIGTERM before the first step; '{out}' is ready, and --resume continues the run.")
+    assert (out / "run.yaml").is_file() and not (out / ".pending").exists()
+    finish(command(data, out, steps=2))
+    assert step_of(out) == 2

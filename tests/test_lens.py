@@ -61,6 +61,13 @@ def test_logit_lens_at_the_last_layer_is_the_model_output(family, tokenizer):
     assert not torch.allclose(lens["logits"][0], lens["logits"][-1])  # the embedding alone reads differently
 
 
+def test_logit_lens_caps_the_logits_as_a_soft_capped_model_does(tokenizer):
+    model = tiny("llama-tiny", tokenizer, logit_softcap=0.5)  # a cap small enough to bind on random weights
+    lens = logit_lens(model, text_inputs(model, TEXT), k=3)
+    assert torch.equal(lens["logits"][-1], lens["model_logits"])
+    assert lens["logits"].abs().max() <= 0.5
+
+
 def test_zero_ablating_a_head_equals_zeroing_its_slice_of_the_output_projection(tokenizer):
     for family, point, attention in (("tiny", "blocks.1.attn.z", lambda m: m.stack.blocks[1].attn),
                                      ("bert", "blocks.0.attn.z", lambda m: m.stack.blocks[0].attn),

@@ -15,6 +15,7 @@ import torch
 from ..errors import CheckpointError
 from ..models.lora import has_adapter, load_adapter, merge_lora
 from .base_reference import base_reference, load_on_base, verified_base
+from .chat_template import read_chat_template
 from .native import CONFIG, TOKENIZER, WEIGHTS, load_native, read_config, save_native
 from .transaction import COMMITTED, PENDING, commit_files, pending_folder, recover
 
@@ -29,7 +30,8 @@ def is_native(path: str) -> bool:
 
 def load(path: str, device: str = "cpu", adapter: str = "merge") -> torch.nn.Module:
     """Load a stratalm checkpoint folder, or a folder written by `transformers`' save_pretrained;
-    the model carries its tokenizer as `model.tokenizer` (or None). A LoRA adapter saved in the
+    the model carries its tokenizer as `model.tokenizer` (or None) and the folder's chat template
+    as `model.chat_template` (or None), which a Hugging Face export writes out again. A LoRA adapter saved in the
     folder is applied: merged into the weights (`adapter="merge"`, a plain model) or kept as
     separate low-rank layers (`adapter="keep"`)."""
     if adapter not in ADAPTER_CHOICES:
@@ -50,6 +52,7 @@ def load(path: str, device: str = "cpu", adapter: str = "merge") -> torch.nn.Mod
         load_adapter(model, path)
         if adapter == "merge":
             merge_lora(model)
+    model.chat_template = read_chat_template(path) if os.path.isdir(path) else None
     return model.to(device).eval()
 
 

@@ -3,6 +3,8 @@ a random moment: STRATALM_PAUSE_AT=NAME@STEP[,NAME@STEP...] makes the run print
 `stratalm: paused at NAME@STEP` on stderr and wait there (until a stop signal arrives, at most
 PAUSE_SECONDS). The points:
 
+    built@0         the run's data and model are built, its folder not touched yet
+    opened@0        the run's folder is set up (cleared or resumed from), no step taken yet
     step            inside step STEP + 1, after its backward pass and before the optimizer update
     save-staged     the checkpoint of step STEP is written into .pending/, nothing committed yet
     save-committed  the same checkpoint is sealed (COMMITTED marker), its files not moved in yet

@@ -20,7 +20,7 @@ from ..tokenize import Tokenizer
 from ..tokenize.convert import VOCABULARY_FILES
 from .hf_tokenizer import GENERATION_CONFIG, generation_config, token_ids, write_json, write_tokenizer_files
 from .native import CONFIG, TOKENIZER, WEIGHTS, check_tokenizer
-from .transaction import commit_files, pending_folder
+from .transaction import atomic_update
 from .weights import load_state_into, model_state, release_weights, unique_weights
 
 
@@ -117,12 +117,11 @@ def save_hf(model: torch.nn.Module, path: str) -> None:
     tokenizer = getattr(model, "tokenizer", None)
     hf_config = {"model_type": family.hf_model_type, "architectures": [family.architecture(config)],
                  **family.config_to_hf(config), **token_ids(tokenizer, config), "torch_dtype": "float32"}
-    staging = pending_folder(path)
-    state = family.to_hf_state(model_state(model), config)
-    save_file({k: v.cpu() for k, v in state.items()}, os.path.join(staging, WEIGHTS), metadata={"format": "pt"})
-    if tokenizer is not None:
-        write_tokenizer_files(tokenizer, config, family.special_tokens, staging)
-    if config.stack != "encoder":
-        write_json(os.path.join(staging, GENERATION_CONFIG), generation_config(hf_config))
-    write_json(os.path.join(staging, CONFIG), hf_config)
-    commit_files(path)
+    with atomic_update(path, "the Hugging Face model") as staging:  # a full disk is one sentence, the folder intact
+        state = family.to_hf_state(model_state(model), config)
+        save_file({k: v.cpu() for k, v in state.items()}, os.path.join(staging, WEIGHTS), metadata={"format": "pt"})
+        if tokenizer is not None:
+            write_tokenizer_files(tokenizer, config, family.special_tokens, staging, getattr(model, "chat_template", None))
+        if config.stack != "encoder":
+            write_json(os.path.join(staging, GENERATION_CONFIG), generation_config(hf_config))
+        write_json(os.path.join(staging, CONFIG), hf_config)

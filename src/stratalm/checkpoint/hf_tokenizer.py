@@ -7,7 +7,8 @@
   for an encoder (tasks/common.py's encode_texts), A </s> for T5's encoder (tasks/seq2seq.py), the
   bare text for a decoder.
 - tokenizer_config.json and special_tokens_map.json: the generic fast class, the context length
-  and the special tokens, by the roles the family's own tokenizer has. A family's class
+  and the special tokens, by the roles the family's own tokenizer has; and the chat template of a
+  chat fine-tune (checkpoint/chat_template.py), so `apply_chat_template` renders as stratalm does. A family's class
   (BertTokenizer, ...) is not named: in transformers 5 it rebuilds its model from the vocabulary
   (a WordPiece for BERT) instead of reading tokenizer.json, and fails on any other tokenizer.
 - generation_config.json (decoders and T5): the eos `generate` stops at, the pad token of a batch,
@@ -98,10 +99,15 @@ def tokenizer_config(tokenizer: Tokenizer, config: ModelConfig, roles: tuple[str
     }
 
 
-def write_tokenizer_files(tokenizer: Tokenizer, config: ModelConfig, roles: tuple[str, ...], folder: str) -> None:
-    """tokenizer.json, tokenizer_config.json and special_tokens_map.json into `folder`."""
+def write_tokenizer_files(tokenizer: Tokenizer, config: ModelConfig, roles: tuple[str, ...], folder: str,
+                          chat_template: Optional[str] = None) -> None:
+    """tokenizer.json, tokenizer_config.json (with `chat_template` when the model has one) and
+    special_tokens_map.json into `folder`."""
     exported_tokenizer(tokenizer, config).save(os.path.join(folder, "tokenizer.json"))
-    write_json(os.path.join(folder, TOKENIZER_CONFIG), tokenizer_config(tokenizer, config, roles))
+    values = tokenizer_config(tokenizer, config, roles)
+    if chat_template is not None:
+        values["chat_template"] = chat_template
+    write_json(os.path.join(folder, TOKENIZER_CONFIG), values)
     write_json(os.path.join(folder, SPECIAL_TOKENS_MAP), special_tokens(tokenizer, roles))
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.anatomy import heads as model_heads
+from ..models.causal_lm import soft_cap
 from .points import named_stacks
 from .trace import TextInputs, trace
 
@@ -38,7 +39,8 @@ def lens_head(model: nn.Module) -> LensHead:
     present = model_heads(model)
     if config.stack != "encoder" and "lm_head" in present:
         scale = config.d_model ** -0.5 if getattr(config, "lm_head_scale", False) else None
-        return LensHead(prefix, lambda h: model.lm_head(norm(h) * scale if scale else norm(h)))
+        cap = getattr(config, "logit_softcap", 0.0)  # the model caps its logits: so does the lens, or the last layer differs
+        return LensHead(prefix, lambda h: soft_cap(model.lm_head(norm(h) * scale if scale else norm(h)), cap))
     if "mlm_head" in present:
         return LensHead(prefix, lambda h: model.mlm_head(norm(h)))
     if "rtd_head" in present:

@@ -31,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import commit_files, pending_folder, recover
+from ..checkpoint import recover
+from ..checkpoint.transaction import atomic_update
 from ..data.tokens import RandomWindows, TokenData, sequential_windows
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.anatomy import heads as model_heads
@@ -107,13 +108,12 @@ class TunedLens(nn.Module):
 
     def save(self, path: str) -> None:
         """Write tuned_lens.safetensors + tuned_lens.json into the folder `path`, atomically."""
-        staging = pending_folder(path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                  os.path.join(staging, WEIGHTS), metadata={"format": "pt"})
-        meta = {"stratalm_version": __version__, "fingerprint": self.fingerprint, "training": self.record}
-        with open(os.path.join(staging, META), "w") as handle:
-            json.dump(meta, handle, indent=2)
-        commit_files(path)
+        with atomic_update(path, "the tuned lens") as staging:  # a full disk is one sentence, the folder intact
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                      os.path.join(staging, WEIGHTS), metadata={"format": "pt"})
+            meta = {"stratalm_version": __version__, "fingerprint": self.fingerprint, "training": self.record}
+            with open(os.path.join(staging, META), "w") as handle:
+                json.dump(meta, handle, indent=2)
 
     @classmethod
     def load(cls, path: str, model: Optional[nn.Module] = None) -> "TunedLens":

@@ -8,6 +8,13 @@ from typing import Optional
 
 from ..config_fields import above, at_least, device_name, from_to, one_of, setting, within
 
+# The loop settings a resumed run may change, for pretraining and fine-tuning alike: its length, its
+# cadence, where and how it runs (device, processes, compile, recomputed activations: none of them
+# changes what a step computes beyond rounding). Every other one must equal the saved run's.
+MAY_CHANGE_ON_RESUME = ("max_steps", "save_every", "log_every", "eval_every", "eval_windows", "eval_batch_size",
+                        "progress", "device", "compile", "tensorboard", "parallel", "activation_checkpointing",
+                        "keep_checkpoints", "nonfinite")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -24,6 +31,7 @@ class TrainConfig:
     optimizer: str = setting("adamw", "adamw for every parameter, or muon: Muon (torch.optim.Muon) for the blocks' 2-D matrices and AdamW for embeddings, heads, norms and biases", one_of("adamw", "muon"))
     muon_lr: float = setting(0.02, "muon: peak learning rate of the blocks' matrices (scheduled like lr; Keller Jordan's shape adjustment)", above(0))
     muon_momentum: float = setting(0.95, "muon: momentum of the blocks' matrices (Nesterov)", within(0, 1))
+    muon_precision: str = setting("auto", "muon: number format of its Newton-Schulz steps: bf16 (torch's), fp32, or auto (bf16 on CUDA and AMX CPUs, fp32 on other CPUs, where bf16 products are slow)", one_of("auto", "bf16", "fp32"))
     embed_lr: Optional[float] = setting(None, "peak learning rate of the embeddings (None = lr)", at_least(0))
     head_lr: Optional[float] = setting(None, "peak learning rate of an untied output head (None = lr; a tied head is the embedding)", at_least(0))
     beta1: float = setting(0.9, "AdamW beta1", within(0, 1))

@@ -53,6 +53,10 @@ class Distributed:
             for tensor in model.state_dict().values():
                 dist.broadcast(tensor, src=0)
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` holds on any process (each one calls this; one all_reduce)."""
+        return bool(self.sum(torch.tensor([float(flag)], device=device)) > 0)
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             value = value.clone()

@@ -31,13 +31,16 @@ class NonFiniteError(StratalmError):
 class StopSignals:
     """While active (in the main thread), SIGTERM or SIGINT asks the run to stop at the end of the
     current step instead of dying mid-step; the handler steps aside at once, so a second signal
-    acts as it would have without it (Ctrl-C twice stops at once)."""
+    acts as it would have without it (Ctrl-C twice stops at once). With `at_once` (while the run is
+    still being built and nothing is written) the signal raises RunInterrupted where it lands."""
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        self.at_once = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignals":
+        self.received, self.at_once = None, False
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
@@ -51,6 +54,9 @@ class StopSignals:
         self.received = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
         wake()  # a test holding the run at a pause point lets it go on to stop
+        if self.at_once:
+            raise RunInterrupted(f"stopped by {signal.Signals(signum).name} before training started; nothing was "
+                                 f"written, so the run folder is as it was.", signum)
 
     def agreed(self, dist: Distributed, device: torch.device) -> Optional[int]:
         """The signal to stop for, the same on every process (any one of them received it: torchrun

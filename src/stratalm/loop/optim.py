@@ -13,7 +13,7 @@ import torch
 from ..errors import ConfigError
 from ..models.anatomy import part_of
 from .config import TrainConfig
-from .muon import MuonWithAdamW
+from .muon import Muon, MuonWithAdamW, newton_schulz_dtype
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
@@ -75,7 +75,8 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
             adamw_groups.append({**group, "params": rest})
     if not muon_groups:
         raise ConfigError("train.optimizer=muon found no 2-D matrix in the model's blocks to train; use adamw.")
-    muon = torch.optim.Muon(muon_groups, lr=config.muon_lr, weight_decay=config.weight_decay, momentum=config.muon_momentum)
+    muon = Muon(muon_groups, ns_dtype=newton_schulz_dtype(config.muon_precision, device.type), lr=config.muon_lr,
+                weight_decay=config.weight_decay, momentum=config.muon_momentum)
     return MuonWithAdamW(muon, adamw(adamw_groups))
 
 

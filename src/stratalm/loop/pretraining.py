@@ -20,7 +20,8 @@ from ..models.anatomy import HEAD_NAMES
 from ..objectives import get_objective
 from ..tokenize import Tokenizer
 from .recipe import Part, Recipe, scored_per_row
-from .run_config import PRETRAINING_RUN, RunConfig, build_run_config, config_help  # noqa: F401 (the pretraining API)
+from .run_config import (PRETRAINING_RUN, RunConfig, build_run_config, config_help,  # noqa: F401 (the pretraining API)
+                         resume_conflicts, run_values)
 from .trainer import Loop, run as run_loop
 
 
@@ -112,7 +113,12 @@ class PretrainRecipe(Recipe):
         return {**self.run.to_dict(), "resolved_model": self.model_dict}
 
     def identity(self) -> dict[str, Any]:
-        return {"resolved_model": self.model_dict}  # the schedule and cadence may change on resume
+        return {"resolved_model": self.model_dict}
+
+    def changed_settings(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """Every setting of the run against the saved one (the schedule and cadence may change): the
+        one check, whether the run came from the command line's --resume or the Python API."""
+        return resume_conflicts(run_values(saved), self.run.to_dict(), saved.get("resolved_model") or {})
 
     # -- batches --------------------------------------------------------------------------------
     def micro_batch(self, step: int, index: int, count: int) -> list[Part]:

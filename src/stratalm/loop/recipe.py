@@ -8,6 +8,7 @@ random generators it knows of; a recipe says what is trained and on what:
     micro_batch(step, m, n) the Parts of micro-batch m of n in `step` (every process's rows)
     evaluate(loop)         (record for metrics.jsonl, console line); may keep the best weights
     settings() / identity() what run.yaml records / what a resumed run must share with it
+    changed_settings(saved) settings given otherwise than run.yaml's that may not change (before setup)
     state(step) / rng_states() / restore(state, rngs)   the recipe's own part of a checkpoint
     finish(loop)           the run's result (after the last step)
 """
@@ -83,6 +84,12 @@ class Recipe(ABC):
 
     @abstractmethod
     def identity(self) -> dict[str, Any]: ...
+
+    def changed_settings(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(key, saved value, value now) for each setting of a resumed run that differs from the saved
+        run.yaml's (`saved`) and may not change, found before `setup` builds anything (identity(),
+        which may need the built model, is compared after it)."""
+        return []
 
     def state(self, step: int) -> dict[str, Any]:
         return {}

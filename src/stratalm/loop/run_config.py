@@ -19,7 +19,7 @@ from ..config_fields import (FINETUNING_RUN, PRETRAINING_RUN, at_least, check_ou
 from ..errors import ConfigError
 from ..model_config import ModelConfig
 from ..objectives.settings import ContrastiveConfig, MaskingConfig, PermutationConfig, ReplacedTokenConfig
-from .config import TrainConfig
+from .config import MAY_CHANGE_ON_RESUME as LOOP_MAY_CHANGE, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,9 @@ class RunConfig:
 
 DEFAULT_PRESET = "tiny"
 RUN_CONFIG = "run.yaml"  # written into the run folder by loop/run_folder.py
-# Settings a resumed run may change: its length, its cadence and where it runs. Any other setting
-# given again on resume must equal the saved one.
-MAY_CHANGE_ON_RESUME = ("out", "train.max_steps", "train.save_every", "train.log_every", "train.eval_every",
-                        "train.eval_windows", "train.eval_batch_size", "train.progress", "train.device",
-                        "train.compile", "train.tensorboard", "train.parallel", "train.activation_checkpointing",
-                        "train.keep_checkpoints", "train.nonfinite", "lens.every", "lens.windows")
+# Settings a resumed run may change: where it is written, the loop's length, cadence and way of
+# running (config.py), and the lens's measures. Any other setting must equal the saved one.
+MAY_CHANGE_ON_RESUME = ("out", *(f"train.{name}" for name in LOOP_MAY_CHANGE), "lens.every", "lens.windows")
 
 
 def _given_values(yaml_path: Optional[str], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -100,13 +97,18 @@ def _run_from(values: dict[str, Any]) -> RunConfig:
     return run
 
 
+def run_values(settings: dict[str, Any]) -> dict[str, Any]:
+    """The RunConfig keys of a run.yaml's `settings` (it also holds the resolved model, the schedule, ...)."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return {k: v for k, v in settings.items() if k in names}
+
+
 def saved_run_values(out: str) -> Optional[dict[str, Any]]:
     """The settings a run folder's run.yaml holds (RunConfig keys only), or None if it has none."""
     path = os.path.join(out, RUN_CONFIG)
     if not os.path.isfile(path):
         return None
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return {k: v for k, v in load_yaml(path).items() if k in names}
+    return run_values(load_yaml(path))
 
 
 def _leaves(values: dict[str, Any], prefix: str = "") -> list[str]:
@@ -132,7 +134,9 @@ def _setting(run: RunConfig, key: str, resolved: dict[str, Any]) -> Any:
 
 def resume_conflicts(saved: dict[str, Any], given: dict[str, Any], resolved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, saved value, given value) for every setting given again with another value than the
-    saved run's, except those that may change on resume."""
+    saved run's, except those that may change on resume. The one check of a resumed pretraining
+    run: the loop makes it (PretrainRecipe.resume_conflicts) with the run's every setting, however
+    the run was configured (the command line's --resume, or the Python API)."""
     before, after = _run_from(saved), _run_from(merge_nested(saved, given))
     conflicts = []
     for key in sorted(set(_leaves(given))):
@@ -147,21 +151,14 @@ def resume_conflicts(saved: dict[str, Any], given: dict[str, Any], resolved: dic
 def build_run_config(yaml_path: Optional[str], overrides: dict[str, Any], resume: bool = False) -> RunConfig:
     """Defaults <- YAML file <- command-line overrides (nested dicts). With `resume`, the run.yaml
     saved in the run folder (`out`) comes between the defaults and what is given, so a run continues
-    with its own settings; a setting given again with another value is an error naming every one."""
+    with its own settings; a setting given again with another value is refused by the loop, before
+    anything is written (resume_conflicts)."""
     given = _given_values(yaml_path, overrides)
     out = given.get("out")
     if out:
         check_output_folder(str(out), PRETRAINING_RUN)
     saved = saved_run_values(str(out)) if resume and out else None
-    if saved is None:
-        return _run_from(given)
-    resolved = load_yaml(os.path.join(str(out), RUN_CONFIG)).get("resolved_model") or {}
-    conflicts = resume_conflicts(saved, given, resolved)
-    if conflicts:
-        listed = ", ".join(f"{key} = {new!r} (saved: {old!r})" for key, old, new in conflicts)
-        raise ConfigError(f"'{out}' holds a run with other settings than given here: {listed}; leave them out to "
-                          f"continue with the saved ones (run.yaml), or pass --overwrite to start again.")
-    return _run_from(merge_nested(saved, given))
+    return _run_from(given if saved is None else merge_nested(saved, given))
 
 
 def preset_values(name: str) -> ModelConfig:

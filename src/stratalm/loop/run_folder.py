@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any, Callable
 
 import yaml
 
@@ -64,6 +64,21 @@ def differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") ->
     return found
 
 
+def refuse_changed_settings(out: str, resume: bool, overwrite: bool,
+                            changed: Callable[[dict[str, Any]], list[tuple[str, Any, Any]]], kind: str) -> None:
+    """Before anything is built: a run resumed with settings other than its run.yaml's, where they
+    may not change, is an error naming each. `changed(saved run.yaml)` lists (key, saved, now)."""
+    if folder_to_continue(out, resume, overwrite, kind):
+        refuse_differences(out, changed(read_run_config(out)))
+
+
+def refuse_differences(out: str, found: list[tuple[str, Any, Any]]) -> None:
+    if found:
+        listed = ", ".join(f"{key} = {new!r} (saved: {old!r})" for key, old, new in found)
+        raise OutputExistsError(f"'{out}' holds a run with other settings than given here: {listed}; leave them out or "
+                                f"give the saved values ({RUN_CONFIG}) to continue it, or pass --overwrite to start again.")
+
+
 def claim_folder(out: str, checkpoint_dir: str, resume: bool, overwrite: bool, identity: dict[str, Any],
                  kind: str) -> bool:
     """Decide what to do with `out` before anything is written; True = resume from `checkpoint_dir`.
@@ -82,9 +97,7 @@ def claim_folder(out: str, checkpoint_dir: str, resume: bool, overwrite: bool, i
     if missing:
         raise OutputExistsError(f"'{out}' was written by an earlier stratalm whose {RUN_CONFIG} has no '{missing[0]}'; "
                                 f"this run cannot be resumed, so restart it with --overwrite.")
-    if found:
-        listed = ", ".join(f"{key} = {old!r}, not {new!r}" for key, old, new in found)
-        raise OutputExistsError(f"'{out}' holds a run with {listed}; resume with the same settings, or pass --overwrite.")
+    refuse_differences(out, found)
     return True
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..checkpoint.fault_points import pause_point
 from ..checkpoint.training import decode_rng, encode_rng, resume_training_checkpoint, save_training_checkpoint
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models.stack import use_activation_checkpointing
 from ..precision import autocast, choose_precision
 from .config import TrainConfig
@@ -32,7 +32,7 @@ from .distributed import Distributed, setup_distributed, teardown_distributed
 from .faults import NonFiniteError, RunInterrupted, StopSignals, first_nonfinite_weight, gradient_norm, nonfinite_reason
 from .optim import Schedule, make_optimizer
 from .recipe import Part, Recipe
-from .run_folder import MetricsLog, claim_folder, clear_run_files, write_run_config
+from .run_folder import MetricsLog, claim_folder, clear_run_files, refuse_changed_settings, write_run_config
 from .sharding import ShardedModel, check_parallel
 
 
@@ -61,7 +61,29 @@ class Loop:
         """`observers` watch the run from above the loop (the layer lens's training dynamics): each
         has `observe(loop) -> dict`, called after every step, whose numbers (if any) are logged."""
         check_loop_settings(cfg)
+        refuse_changed_settings(out, resume, overwrite, recipe.changed_settings, recipe.kind)  # named first, before any work
         self.recipe, self.cfg, self.out, self.observers = recipe, cfg, out, list(observers)
+        self.dist, self.stop_signals = Distributed(), StopSignals()
+        with self.stop_signals as stop:
+            stop.at_once = True  # nothing is written yet: a stop signal ends the run at once, the folder as it was
+            try:
+                self._build()
+                stop.at_once = False  # the folder is being set up: a stop signal waits until it is consistent
+            except RunInterrupted:
+                teardown_distributed(self.dist)
+                raise
+            self._open_folder(resume, overwrite)
+            self._place_on_processes()
+        signum = stop.agreed(self.dist, self.device)  # every process stops, or none
+        if signum:
+            self.close()
+            raise RunInterrupted(f"stopped by {signal.Signals(signum).name} before the first step; '{out}' is ready, and "
+                                 f"--resume continues the run{f' from step {self.step}' if self.resuming else ''}.", signum)
+
+    def _build(self) -> None:
+        """Processes, device, the recipe's data and model, the optimizer: all that can fail on user
+        input (data, model, options), before the folder is touched."""
+        recipe, cfg = self.recipe, self.cfg
         wants_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
         self.dist = setup_distributed("cuda" if wants_cuda else "cpu")
         self.device = resolve_device(cfg.device, self.dist)
@@ -72,9 +94,8 @@ class Loop:
 
         if self.dist.enabled and cfg.parallel == "fsdp" and not recipe.shardable:
             raise ConfigError(f"train.parallel=fsdp is for pretraining; a {recipe.kind} trains with parallel=ddp.")
-
-        # Everything that can fail on user input (data, model, options) happens before the folder is touched.
         recipe.setup(self)
+        pause_point("built", 0)
         self.model = recipe.model.to(self.device)
         use_activation_checkpointing(self.model, cfg.activation_checkpointing)
         self.total_steps = recipe.total_steps()
@@ -83,8 +104,11 @@ class Loop:
         self.schedule = Schedule(dataclasses.replace(cfg, max_steps=self.total_steps))
         self.stretched = ""  # how the schedule was stretched, when a resumed run changed its length
         self.optimizer = make_optimizer(self.model, self.schedule.config, self.device, recipe.parameter_groups())
-        self.checkpoint_dir = os.path.join(out, recipe.checkpoint_subdir) if recipe.checkpoint_subdir else out
+        self.checkpoint_dir = os.path.join(self.out, recipe.checkpoint_subdir) if recipe.checkpoint_subdir else self.out
 
+    def _open_folder(self, resume: bool, overwrite: bool) -> None:
+        """Claim the output folder: resume from its checkpoint, or start it afresh."""
+        recipe, cfg, out = self.recipe, self.cfg, self.out
         self.resuming = claim_folder(out, self.checkpoint_dir, resume, overwrite, recipe.identity(), recipe.kind)
         self.dist.barrier()  # every process has looked at the folder before the first one writes to it
         self.step, self.train_seconds = 0, 0.0  # time in training steps (evaluation and saving excluded)
@@ -111,7 +135,11 @@ class Loop:
         if self.dist.is_main:
             write_run_config(out, {**recipe.settings(), "schedule": self.schedule.to_dict(),
                                    "precision": {"chosen": self.precision, "reason": self.precision_reason}})
+        pause_point("opened", 0)
 
+    def _place_on_processes(self) -> None:
+        """Shard (FSDP2), wrap (DDP) or compile the model for the steps."""
+        recipe, cfg = self.recipe, self.cfg
         self.sharded = None  # FSDP2 (sharding.py): after the restore, since a checkpoint loads full and then shards
         if self.dist.enabled and cfg.parallel == "fsdp":
             self.dist.broadcast_parameters(self.model)  # every process starts equal, as DDP's constructor ensures
@@ -126,7 +154,6 @@ class Loop:
             self.dist.broadcast_parameters(self.model)  # what DDP's constructor does: every process starts equal
         self.autocast: Callable[[], Any] = lambda: autocast(self.precision, self.device.type)
         self.say = tqdm.write if self.dist.is_main else (lambda *_: None)
-        self.stop_signals = StopSignals()
 
     # -- state ------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -174,10 +201,27 @@ class Loop:
             if bad is not None:
                 raise NonFiniteError(f"the weights after step {self.step} hold non-finite values (first: '{bad}'), so no "
                                      f"checkpoint was written; {self._last_good()}.")
-            if self.dist.is_main:
-                save_training_checkpoint(self.checkpoint_dir, model, optimizer, self._state(), self.cfg.keep_checkpoints)
-        self.dist.barrier()
+            failure = self._write_checkpoint(model, optimizer) if self.dist.is_main else None
+        self._stop_on_any_failure(failure)
         self.saved_step = self.step
+
+    def _write_checkpoint(self, model: torch.nn.Module, optimizer: Any) -> "Exception | None":
+        """The first process writes the checkpoint; what went wrong is returned, for every process to learn."""
+        try:
+            save_training_checkpoint(self.checkpoint_dir, model, optimizer, self._state(), self.cfg.keep_checkpoints)
+        except Exception as exc:  # noqa: BLE001 (raised again below, once every process knows)
+            return exc
+        return None
+
+    def _stop_on_any_failure(self, failure: "Exception | None") -> None:
+        """Every process learns whether the first one's save failed (instead of waiting at a barrier
+        for a process that has left) and stops with one sentence; the first gives the reason."""
+        if self.dist.any(failure is not None, self.device):
+            if failure is not None:
+                raise failure
+            raise CheckpointError(f"the first process could not write the checkpoint of step {self.step} into "
+                                  f"'{self.checkpoint_dir}' (its message says why), so this one stopped too; "
+                                  f"{self._last_good()}.")
 
     def _last_good(self) -> str:
         if self.saved_step is None:

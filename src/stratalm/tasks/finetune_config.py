@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from ..config_fields import (FINETUNING_RUN, above, above_up_to, at_least, check_output_folder, describe, field_help,
                              load_yaml, merge_nested, one_of, setting, update_dataclass, within)
-from ..loop.config import TrainConfig
+from ..loop.config import MAY_CHANGE_ON_RESUME, TrainConfig
 
 # The loop's defaults for fine-tuning (BERT's recipe): AdamW at 5e-5 with beta2 0.999, 10% warmup,
 # cosine decay to 0; max_steps 0 means "as many as `epochs` takes"; evaluate at each epoch's end.
@@ -24,8 +24,7 @@ FINETUNE_LOOP = TrainConfig(max_steps=0, batch_size=32, lr=5e-5, min_lr=0.0, war
 LORA_LR = 1e-3
 # Settings a resumed run may change; every other one must match the saved run.
 MAY_CHANGE = ("epochs",)
-LOOP_MAY_CHANGE = ("max_steps", "eval_every", "save_every", "log_every", "eval_batch_size", "device", "progress",
-                   "compile", "tensorboard", "keep_checkpoints", "nonfinite")
+LOOP_MAY_CHANGE = MAY_CHANGE_ON_RESUME  # the loop's own list, the same as pretraining's
 
 
 def finetune_loop(**changes: Any) -> TrainConfig:

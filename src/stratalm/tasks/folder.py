@@ -14,9 +14,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..checkpoint import WEIGHTS, commit_files, load, pending_folder
+from ..checkpoint import WEIGHTS, load
 from ..checkpoint.base_reference import BaseReference
 from ..checkpoint.native import write_model_description, write_model_files
+from ..checkpoint.transaction import atomic_update
 from ..checkpoint.weights import model_state
 from ..config_fields import at_least, device_name, require
 from ..errors import CheckpointError, ConfigError
@@ -36,27 +37,26 @@ def save_finetuned(out: str, model: nn.Module, task: Task, info: dict[str, Any],
     that stands alone) or, given the `base` folder they came from and the names `from_base` of the
     weights it still provides, nowhere: adapter.safetensors also keeps the weights training changed
     (the task head) and adapter_config.json names the base."""
-    staging = pending_folder(out)
-    if lora is None:
-        write_model_files(model, staging)
-        stale = [ADAPTER_WEIGHTS, ADAPTER_CONFIG]  # adapters of an earlier save no longer apply
-    elif base is None:
-        with without_lora(model):
+    with atomic_update(out, "the fine-tuned model") as staging:  # a full disk is one sentence, the folder intact
+        if lora is None:
             write_model_files(model, staging)
-        save_adapter(model, staging, lora)
-        stale = []
-    else:
-        write_model_description(model, staging)
-        with without_lora(model):
-            trained = {name: t for name, t in model_state(model).items() if name not in from_base}
-        save_adapter(model, staging, lora, trained, base.fields())
-        stale = [WEIGHTS]  # a copy of the base from an earlier save
-    task.write_files(staging, model)
-    record = {"task": task.name, "options": task.options, "state": task.state, **info,
-              "adapter": lora is not None, "stratalm_version": __version__}
-    with open(os.path.join(staging, TASK_FILE), "w") as handle:
-        json.dump(record, handle, indent=2)
-    commit_files(out)
+            stale = [ADAPTER_WEIGHTS, ADAPTER_CONFIG]  # adapters of an earlier save no longer apply
+        elif base is None:
+            with without_lora(model):
+                write_model_files(model, staging)
+            save_adapter(model, staging, lora)
+            stale = []
+        else:
+            write_model_description(model, staging)
+            with without_lora(model):
+                trained = {name: t for name, t in model_state(model).items() if name not in from_base}
+            save_adapter(model, staging, lora, trained, base.fields())
+            stale = [WEIGHTS]  # a copy of the base from an earlier save
+        task.write_files(staging, model)
+        record = {"task": task.name, "options": task.options, "state": task.state, **info,
+                  "adapter": lora is not None, "stratalm_version": __version__}
+        with open(os.path.join(staging, TASK_FILE), "w") as handle:
+            json.dump(record, handle, indent=2)
     for name in stale:
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
