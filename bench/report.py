@@ -72,6 +72,11 @@ def _number(value: Optional[float]) -> str:
     return f"{value:.3g}" if abs(value) >= 1 else f"{value:.3f}"
 
 
+def _rate(value: Optional[float], measure: str) -> str:
+    """A row's figure with its unit, or "not reached" (a speedrun run that never got to the loss)."""
+    return "not reached" if value is None else f"{_number(value)} {measure}"
+
+
 def _machine_line(machine: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {machine[k]}" for k in ("transformers", "sentence_transformers", "tokenizers") if machine.get(k))
     load = f", load average {machine['load_average_1m']} at the start" if machine.get("load_average_1m") is not None else ""
@@ -123,7 +128,7 @@ def _machine_section(results: dict[str, Any]) -> list[str]:
             memory = " / ".join(_number(row.get(k)) or "-" for k in ("peak_rss_mb", "competitor_peak_rss_mb")
                                 if k == "peak_rss_mb" or row.get("competitor"))
             lines.append(
-                f"| {row['case']} | {row['config']} | {row['system']} | {_number(row['value'])} {row['measure']} "
+                f"| {row['case']} | {row['config']} | {row['system']} | {_rate(row['value'], row['measure'])} "
                 f"| {row.get('competitor') or '-'} | {_number(row.get('competitor_value'))} "
                 f"| {_number(row.get('ratio')) if row.get('ratio') is not None else '-'} | {memory} | {row.get('note', '')} |"
             )
