@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..checkpoint import CONFIG, PENDING, TOKENIZER, WEIGHTS, recover
+from ..checkpoint import COMMITTED, CONFIG, PENDING, TOKENIZER, WEIGHTS, recover
 from ..checkpoint.history import HISTORY
 from ..checkpoint.training import OPTIMIZER, TRAINER_STATE, has_checkpoint
 from ..errors import ConfigError, OutputExistsError
@@ -64,12 +64,19 @@ def differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") ->
     return found
 
 
-def refuse_changed_settings(out: str, resume: bool, overwrite: bool,
+def refuse_changed_settings(out: str, checkpoint_dir: str, resume: bool, overwrite: bool,
                             changed: Callable[[dict[str, Any]], list[tuple[str, Any, Any]]], kind: str) -> None:
     """Before anything is built: a run resumed with settings other than its run.yaml's, where they
-    may not change, is an error naming each. `changed(saved run.yaml)` lists (key, saved, now)."""
-    if folder_to_continue(out, resume, overwrite, kind):
+    may not change, is an error naming each. `changed(saved run.yaml)` lists (key, saved, now). A
+    run killed before its first checkpoint starts again (claim_folder), so any settings may."""
+    if folder_to_continue(out, resume, overwrite, kind) and will_hold_checkpoint(checkpoint_dir):
         refuse_differences(out, changed(read_run_config(out)))
+
+
+def will_hold_checkpoint(checkpoint_dir: str) -> bool:
+    """Whether `checkpoint_dir` holds a checkpoint, or will once recover() finishes a committed save
+    (nothing is changed here: the folder is only looked at)."""
+    return has_checkpoint(checkpoint_dir) or os.path.isfile(os.path.join(checkpoint_dir, PENDING, COMMITTED))
 
 
 def refuse_differences(out: str, found: list[tuple[str, Any, Any]]) -> None:

@@ -61,8 +61,10 @@ class Loop:
         """`observers` watch the run from above the loop (the layer lens's training dynamics): each
         has `observe(loop) -> dict`, called after every step, whose numbers (if any) are logged."""
         check_loop_settings(cfg)
-        refuse_changed_settings(out, resume, overwrite, recipe.changed_settings, recipe.kind)  # named first, before any work
+        checkpoint_dir = os.path.join(out, recipe.checkpoint_subdir) if recipe.checkpoint_subdir else out
+        refuse_changed_settings(out, checkpoint_dir, resume, overwrite, recipe.changed_settings, recipe.kind)  # before any work
         self.recipe, self.cfg, self.out, self.observers = recipe, cfg, out, list(observers)
+        self.checkpoint_dir = checkpoint_dir
         self.dist, self.stop_signals = Distributed(), StopSignals()
         with self.stop_signals as stop:
             stop.at_once = True  # nothing is written yet: a stop signal ends the run at once, the folder as it was
@@ -104,7 +106,6 @@ class Loop:
         self.schedule = Schedule(dataclasses.replace(cfg, max_steps=self.total_steps))
         self.stretched = ""  # how the schedule was stretched, when a resumed run changed its length
         self.optimizer = make_optimizer(self.model, self.schedule.config, self.device, recipe.parameter_groups())
-        self.checkpoint_dir = os.path.join(self.out, recipe.checkpoint_subdir) if recipe.checkpoint_subdir else self.out
 
     def _open_folder(self, resume: bool, overwrite: bool) -> None:
         """Claim the output folder: resume from its checkpoint, or start it afresh."""
