@@ -151,7 +151,7 @@ def test_muon_updates_the_blocks_matrices_with_orthogonalised_steps_and_the_rest
 
 
 def test_muon_in_fp32_takes_torchs_bf16_step_to_bf16_accuracy_and_auto_picks_by_the_hardware(monkeypatch):
-    from stratalm.loop import muon as muon_module
+    from stratalm import precision as precision_module
     from stratalm.loop.muon import Muon, newton_schulz_dtype
 
     torch.manual_seed(0)
@@ -170,11 +170,11 @@ def test_muon_in_fp32_takes_torchs_bf16_step_to_bf16_accuracy_and_auto_picks_by_
         # bf16 keeps under 3 significant digits, and five Newton-Schulz steps compound it (2.6% measured)
         assert (ours - theirs).abs().max() < 0.05 * theirs.abs().max()
         assert not torch.equal(ours, theirs)  # and the fp32 path really is another computation
-    monkeypatch.setattr(muon_module, "has_amx", lambda: False)
+    monkeypatch.setattr(precision_module, "has_amx", lambda: False)
     assert newton_schulz_dtype("auto", "cpu") == torch.float32
     assert newton_schulz_dtype("auto", "cuda") == torch.bfloat16
     assert newton_schulz_dtype("bf16", "cpu") == torch.bfloat16
-    monkeypatch.setattr(muon_module, "has_amx", lambda: True)
+    monkeypatch.setattr(precision_module, "has_amx", lambda: True)
     assert newton_schulz_dtype("auto", "cpu") == torch.bfloat16
     assert newton_schulz_dtype("fp32", "cuda") == torch.float32
 

@@ -19,17 +19,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..machine import has_amx
-
-MUON_PRECISIONS = ("auto", "bf16", "fp32")
+from ..precision import choose_precision
 
 
 def newton_schulz_dtype(requested: str, device_type: str) -> torch.dtype:
-    """The dtype of Muon's Newton-Schulz steps: bf16 (torch's choice) where the hardware multiplies
-    it natively (CUDA, AMX) or when asked, fp32 elsewhere or when asked."""
-    if requested == "auto":
-        requested = "bf16" if device_type == "cuda" or (device_type == "cpu" and has_amx()) else "fp32"
-    return torch.bfloat16 if requested == "bf16" else torch.float32
+    """The dtype of Muon's Newton-Schulz steps: the rule of precision=auto (bf16 where the hardware
+    multiplies it natively: CUDA, AMX), or what is asked."""
+    return torch.bfloat16 if choose_precision(requested, device_type)[0] == "bf16" else torch.float32
 
 
 def orthogonalised(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
