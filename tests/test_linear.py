@@ -122,12 +122,13 @@ def test_a_decoding_step_is_chosen_whole(monkeypatch):
         return layer(x)
 
     with torch.no_grad():
-        outs = [linear.run_step("step", step, layer) for _ in range(14)]
+        outs = [linear.run_step("step", step, layer) for _ in range(24)]
     trials = linear.STEP_CHOICE.trials
     assert linear.STEP_CHOICE.chosen.keys() == {"step"} and not linear.CHOICE.timings
     assert all(len(t) == trials for t in linear.STEP_CHOICE.timings["step"].values())
-    assert layouts[:3 * trials] == [True] * 2 * trials + [False] * trials  # plain, transposed, columns
-    assert layouts[3 * trials:] == [linear.STEP_CHOICE.chosen["step"] != "columns"] * (14 - 3 * trials)
+    # plain, transposed and transposed_split by rows, then columns and columns_split by columns
+    assert layouts[:5 * trials] == [True] * 3 * trials + [False] * 2 * trials
+    assert layouts[5 * trials:] == [not linear.STEP_CHOICE.chosen["step"].startswith("columns")] * (24 - 5 * trials)
     assert all(torch.allclose(o, F.linear(x, layer.weight, layer.bias), atol=1e-5) for o in outs)
     linear.STEP_CHOICE.reset()
 
@@ -161,12 +162,37 @@ def test_decoding_gives_the_same_tokens_on_every_path(monkeypatch):
         layouts = {p.is_contiguous() for p in model.parameters() if p.dim() == 2}
         return tokens, layouts
 
+    monkeypatch.setattr(linear, "SPLIT_MIN_BYTES", 0)  # every product of this tiny model is split
     plain, plain_layouts = greedy("plain")
     columns, columns_layouts = greedy("columns")
     transposed, transposed_layouts = greedy("transposed")
-    assert plain_layouts == transposed_layouts == {True}
-    assert False in columns_layouts  # the columns path really relaid the weights out
-    assert torch.equal(plain, columns) and torch.equal(plain, transposed)
+    columns_split, columns_split_layouts = greedy("columns_split")
+    transposed_split, transposed_split_layouts = greedy("transposed_split")
+    assert plain_layouts == transposed_layouts == transposed_split_layouts == {True}
+    assert False in columns_layouts and False in columns_split_layouts  # those really relaid the weights out
+    for tokens in (columns, transposed, columns_split, transposed_split):
+        assert torch.equal(plain, tokens)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("out_features", [1152, 1155, 43, 3])  # multiples of the parts or not, fewer than the parts
+@pytest.mark.parametrize("by_columns, parts", [(True, 4), (False, 2)])
+def test_a_split_product_is_the_unsplit_product(bias, rows, out_features, by_columns, parts):
+    """Wide slices give the unsplit path's numbers bit for bit (the kernels' narrow tails round
+    differently); the outputs past a multiple of the parts are a product of their own."""
+    torch.manual_seed(0)
+    layer = Linear(48, out_features, bias=bias)
+    linear.store_by_columns(layer, by_columns)
+    x = torch.randn(rows, 48)
+    with torch.no_grad():
+        whole = F.linear(x, layer.weight, layer.bias) if by_columns else linear.transposed(x, layer.weight, layer.bias)
+        split = linear.split_outputs(x, layer.weight, layer.bias, parts)
+    assert split.shape == whole.shape and split.is_contiguous()
+    if out_features == 1152:
+        assert torch.equal(split, whole)
+    assert torch.allclose(split, whole, atol=1e-6)
+    assert torch.allclose(split, F.linear(x, layer.weight.contiguous(), layer.bias), atol=1e-5)
     linear.CHOICE.reset()
     linear.STEP_CHOICE.reset()
 

@@ -15,6 +15,15 @@ Three paths give the same numbers:
   decoding step of that GPT-2 at batch 1 took 11.6 ms this way, 12.2 transposed and 17.1 plain
   (at batch 8, transposed won: 20.6 against 29.3 and 31.5 ms). The layout is changed in place (store_by_columns), so it costs no
   memory; saving writes every tensor contiguous, so checkpoints do not change.
+- "columns_split" and "transposed_split": those two paths, with each product whose weight is larger
+  than SPLIT_MIN_BYTES cut into slices of its outputs, run as one batched product. MKL streams a
+  few-row product through one core, so a matrix far larger than the caches (the 77 MB head) is read
+  at one core's bandwidth; as a batch, each core reads its own slices. On that AMD EPYC (2 threads,
+  20 GB/s read) the head at one row took 3.5 ms by columns in 4 slices against 6.2 whole, and at
+  eight rows 9.6 ms transposed in 2 slices against 14.3 whole; for the blocks' 0.6-2.4 MB matrices
+  the batched call cost more than it saved (5.0-5.5 against 4.5 ms for the 24), so they stay whole.
+  At those widths the numbers are the unsplit path's bit for bit (slices of a few columns round
+  differently in the kernels' tails).
 So none is assumed. Decoding steps are chosen whole (run_step; path_choice.py says why), the
 weights taking the layout of the path being timed; the first single product of each shape (rows
 in buckets, since decoding repeats the same few) times plain against transposed on its own inputs
@@ -44,7 +53,11 @@ ROW_BUCKETS = (1, 4, 16, FEW_ROWS)  # products of up to this many rows share a c
 CHOICE = PathChoice("linear", ("plain", "transposed"))
 # Decoding steps are chosen whole (see run_step): timed one by one, products can rank the paths the
 # other way round from what a step of all of them measures (path_choice.py).
-STEP_CHOICE = PathChoice("linear", ("plain", "transposed", "columns"))
+# Ordered by layout, so that timing them relays the weights out once (each relayout leaves the old
+# copies of the smaller matrices in the allocator's heap: resident memory grows by their size).
+STEP_CHOICE = PathChoice("linear", ("plain", "transposed", "transposed_split", "columns", "columns_split"))
+SPLIT_MIN_BYTES = 16 * 2**20  # far beyond the caches: a product this large is bound by one core's reads
+SPLIT_PARTS = {"columns": 4, "transposed": 2}  # measured on the head, each the better of 2 and 4 slices
 _FORCED: list[Optional[str]] = [None]  # the path every product takes inside run_step, if any
 # The layout run_step last gave each model's weights (True: by columns). Weights swapped in from
 # outside afterwards keep their own layout: the numbers are the same, only the speed differs.
@@ -62,6 +75,36 @@ def transposed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     return out.t()[:rows].contiguous()
 
 
+def split_outputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], parts: int) -> torch.Tensor:
+    """F.linear(x, weight, bias) for 2-D x as `parts` slices of the outputs in one batched product
+    (bmm runs the slices on separate cores): x @ slice^T where the weight lies by columns (see
+    store_by_columns), (slice @ x^T)^T as `transposed` where it lies by rows. Outputs beyond a
+    multiple of `parts` (a vocabulary of 50,257) are one small product more."""
+    out_features, in_features = weight.shape
+    rows, width = x.shape[0], out_features // parts
+    if width == 0:
+        return F.linear(x, weight, bias)
+    cut = parts * width
+    if weight.is_contiguous():
+        slices = weight[:cut].view(parts, width, in_features)
+        inputs = (x.repeat(2, 1) if rows == 1 else x).t()  # one row would take the slow matrix-vector path
+        inputs = inputs.expand(parts, *inputs.shape)
+        out = (torch.bmm(slices, inputs) if bias is None else
+               torch.baddbmm(bias[:cut].view(parts, width, 1), slices, inputs))  # (parts, width, rows)
+        out = out.permute(2, 0, 1)[:rows]
+    else:
+        slices = weight.t().as_strided((parts, in_features, width), (width, out_features, 1))
+        inputs = x.expand(parts, *x.shape)
+        out = (torch.bmm(inputs, slices) if bias is None else
+               torch.baddbmm(bias[:cut].view(parts, 1, width), inputs, slices))  # (parts, rows, width)
+        out = out.transpose(0, 1)
+    out = out.reshape(rows, cut).contiguous()  # a single row can come back as a strided view
+    if cut == out_features:
+        return out
+    rest = F.linear(x, weight[cut:], None if bias is None else bias[cut:])
+    return torch.cat([out, rest], dim=1)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear(x, weight, bias), by the faster path on this machine where there is a choice."""
     if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
@@ -72,6 +115,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     paths = {"plain": lambda: F.linear(flat, weight, bias), "transposed": lambda: transposed(flat, weight, bias)}
+    if _FORCED[0] is not None and _FORCED[0].endswith("_split"):
+        path = _FORCED[0][:-len("_split")]
+        if weight.numel() * weight.element_size() >= SPLIT_MIN_BYTES:
+            return split_outputs(flat, weight, bias, SPLIT_PARTS[path]).view(*x.shape[:-1], weight.shape[0])
+        return paths["plain" if path == "columns" else path]().view(*x.shape[:-1], weight.shape[0])
     if _FORCED[0] is not None:
         return paths[_FORCED[0]]().view(*x.shape[:-1], weight.shape[0])
     bucket = next(b for b in ROW_BUCKETS if rows <= b)
@@ -96,14 +144,14 @@ def run_step(key: Hashable, step: Callable[[], T], model: nn.Module) -> T:
     product on one path: the first steps of each `key` try each path in turn, timed, and then the
     faster is kept. The weights of `model` take the layout of the path (see store_by_columns)."""
     path = STEP_CHOICE.upcoming(key)
-    by_columns = path == "columns"
+    by_columns = path.startswith("columns")
     if _LAID_OUT.get(model) != by_columns:  # walking every module each step would cost ~1% of a step
         store_by_columns(model, by_columns)
         _LAID_OUT[model] = by_columns
 
     def on(forced: str) -> Callable[[], T]:
         def run() -> T:
-            _FORCED[0] = "transposed" if forced == "transposed" else "plain"  # columns is plain on its layout
+            _FORCED[0] = "plain" if forced == "columns" else forced  # columns is plain on its layout
             try:
                 return step()
             finally:
