@@ -18,8 +18,9 @@ text (the SST-2, MRPC and Tatoeba training sentences, no labels), instruction-tu
 generation accuracy on every dev example (872 SST-2 reviews, 408 MRPC pairs; the reply's first word
 is its answer) with its standard error and the answers given, next to the majority class and the
 base model's (same prompts, same template), then `stratalm prompt-eval` (the shipped SST-2 and MRPC
-tasks, all dev rows) of both. A finished stage (out/base, out/tuned) is reused. The figures go to
-stdout and out/results.json.
+tasks, all dev rows) of both. A finished stage (out/base, out/tuned) is reused: results.json's
+timings then give the seconds it took when it was made (kept in out/stage_times.json) and its
+"reused" entry says so and where the figure comes from. The figures go to stdout and out/results.json.
 
 Measured (runs/instruct_v3/results.json), niced at 1 thread on a loaded 2-core AMD EPYC (load
 average 6-8): pretraining 250 steps of 16 x 128 tokens, val loss 5.69 (426 s with the tokenizer);
@@ -193,6 +194,62 @@ def tune(out: Path, mixture: Path, steps: int, seed: int) -> None:
              "--max-length", "128", "--max-new-tokens", "4", "--quiet", "--overwrite", f"loop.seed={seed}")
 
 
+STAGE_TIMES = "stage_times.json"  # in --out: how long each stage took when it ran
+STAGE_FOLDERS = {"pretrain": "base", "tune": "tuned"}
+
+
+def made_in(out: Path, name: str) -> tuple[float | None, str]:
+    """How long stage `name` took when its folder was made, and where that figure comes from:
+    out/stage_times.json (written as the stage ran), else an earlier results.json's (not a 0.0: a
+    results.json from before stage_times.json said that for a reused stage), else the training
+    seconds the stage's folder records (the last train_s of its metrics.jsonl, without tokenizer
+    training and data preparation); None where nothing has it."""
+    def read(path: Path) -> dict:
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return values if isinstance(values, dict) else {}
+
+    seconds = read(out / STAGE_TIMES).get(f"{name}_s")
+    if isinstance(seconds, (int, float)):
+        return float(seconds), STAGE_TIMES
+    earlier = read(out / "results.json")
+    before = (earlier.get("reused") or {}).get(name)
+    if isinstance(before, dict) and isinstance(before.get("made_s"), (int, float)):  # reused then too
+        return float(before["made_s"]), str(before.get("from", "results.json"))
+    seconds = (earlier.get("timings") or {}).get(f"{name}_s")
+    if isinstance(seconds, (int, float)) and seconds > 0:
+        return float(seconds), "results.json"
+    try:
+        lines = (out / STAGE_FOLDERS[name] / "metrics.jsonl").read_text().splitlines()
+        seconds = [json.loads(line)["train_s"] for line in lines if '"train_s"' in line][-1]
+        return float(seconds), f"{STAGE_FOLDERS[name]}/metrics.jsonl train_s"
+    except (OSError, ValueError, KeyError, IndexError):
+        return None, "unknown"
+
+
+def stage(out: Path, name: str, done: bool, timings: dict, work) -> dict | bool:
+    """Run a stage (`work`) unless `done`, and set timings[<name>_s] to the seconds it took, also
+    kept in out/stage_times.json; a stage that is `done` is reused, and its timing is the one from
+    when it was made (`made_in`). Returns False for a stage run now, else {"made_s", "from"}."""
+    key = f"{name}_s"
+    if done:
+        seconds, source = made_in(out, name)
+        timings[key] = None if seconds is None else round(seconds, 1)
+        return {"made_s": timings[key], "from": source}
+    clock = time.perf_counter()
+    work()
+    timings[key] = round(time.perf_counter() - clock, 1)
+    path = out / STAGE_TIMES
+    try:
+        recorded = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        recorded = {}
+    path.write_text(json.dumps({**recorded, key: timings[key]}, indent=2) + "\n")
+    return False
+
+
 def run(out: Path, pretrain_steps: int, tune_steps: int, seed: int, sst2_train: int) -> dict:
     """Build, pretrain (unless out/base holds a finished model), instruction-tune and evaluate: generation
     accuracy of the tuned and the base model on the dev files, and `stratalm prompt-eval` (the shipped
@@ -206,16 +263,13 @@ def run(out: Path, pretrain_steps: int, tune_steps: int, seed: int, sst2_train: 
     corpus = out / "corpus.jsonl"
     with open(corpus, "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in raw_text(seed))
-    clock = time.perf_counter()
-    if not (out / "base" / "model.safetensors").is_file():  # a finished pretraining is reused (delete it to redo)
-        pretrain(out, corpus, pretrain_steps, seed)
-    timings["pretrain_s"] = round(time.perf_counter() - clock, 1)
+    reused = {}
+    # A finished pretraining is reused (delete out/base to redo), and so is a finished tuning.
+    reused["pretrain"] = stage(out, "pretrain", (out / "base" / "model.safetensors").is_file(), timings,
+                               lambda: pretrain(out, corpus, pretrain_steps, seed))
     pretrain_val = [json.loads(line) for line in open(out / "base" / "metrics.jsonl") if "val_loss" in line][-1]
-
-    clock = time.perf_counter()
-    if not (out / "tuned" / "task.json").is_file():  # a finished instruction tuning is reused too
-        tune(out, mixture, tune_steps, seed)
-    timings["tune_s"] = round(time.perf_counter() - clock, 1)
+    reused["tune"] = stage(out, "tune", (out / "tuned" / "task.json").is_file(), timings,
+                           lambda: tune(out, mixture, tune_steps, seed))
 
     from stratalm.checkpoint import load
     from stratalm.checkpoint.chat_template import DEFAULT_CHAT_TEMPLATE
@@ -239,7 +293,7 @@ def run(out: Path, pretrain_steps: int, tune_steps: int, seed: int, sst2_train: 
     timings["prompt_eval_s"] = round(time.perf_counter() - clock, 1)
     return {"case": "instruct", "mixture": sizes, "pretrain": {"steps": pretrain_steps, "val_loss": pretrain_val.get("val_loss")},
             "tune_steps": tune_steps, "results": results, "prompt_eval": prompted, "timings": timings,
-            "seconds": round(time.perf_counter() - started, 1)}
+            "reused": reused, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:

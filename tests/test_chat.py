@@ -164,6 +164,21 @@ def test_hf_export_keeps_the_chat_template(chat_model):
     assert stratalm.load(str(chat_model / "base")).chat_template is None  # a plain model exports none
 
 
+def test_a_chat_model_converted_to_hf_and_back_keeps_its_template(chat_model):
+    """stratalm -> Hugging Face -> stratalm: the folder that comes back has the template, and
+    `stratalm chat` on it answers as the fine-tuned model does."""
+    assert run_cli("convert", chat_model / "out", chat_model / "hf_again", "--to", "hf").returncode == 0
+    done = run_cli("convert", chat_model / "hf_again", chat_model / "back", "--to", "stratalm")
+    assert done.returncode == 0, done.stderr
+    assert stratalm.load(str(chat_model / "back")).chat_template == DEFAULT_CHAT_TEMPLATE
+    assert_transformers_renders_as_stratalm(chat_model / "back", chat_model / "back")
+    command = [sys.executable, "-m", "stratalm", "chat", str(chat_model / "back"), "--system", SYSTEM,
+               "--temperature", "0", "--max-new-tokens", "4"]
+    done = subprocess.run(command, input="say 4\nand 8?\n", capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and "no chat template" not in done.stderr, done.stderr
+    assert done.stdout.splitlines() == ["four", "eight"]
+
+
 def test_chat_command_answers_piped_turns(chat_model):
     """Turns read from a pipe; the second answer needs the second question only, but the whole
     history is rendered (as in training), and --system opens the conversation."""

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -148,3 +150,86 @@ def test_presets_have_the_parameter_count_of_their_transformers_class(name):
              "t5-v1_1-small": 76_961_152}
     if name in known:
         assert count(ours) == known[name]
+
+
+# A template in the style of real ones: blocks on lines of their own (trim_blocks and lstrip_blocks
+# must drop their newlines and indents as transformers does), eos_token, raise_exception.
+CHAT_TEMPLATE = """{% for message in messages %}
+    {% if message['role'] not in ['system', 'user', 'assistant'] %}
+        {{ raise_exception('unknown role ' + message['role']) }}
+    {% endif %}
+<|{{ message['role'] }}|>
+{{ message['content'] }}{{ eos_token }}
+{% endfor %}
+{% if add_generation_prompt %}
+<|assistant|>
+{% endif %}"""
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello world"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "world?"}]
+
+
+def chat_hf_folder(folder, jinja_file: bool):
+    """A Hugging Face folder as transformers writes it: a tiny GPT-2, a byte-level BPE tokenizer and
+    its chat template, in chat_template.jinja (transformers 5's save_pretrained) or as
+    tokenizer_config.json's chat_template (the older form, save_jinja_files=False)."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(["hello world, be brief: system user assistant"] * 20, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder, save_jinja_files=jinja_file)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=backend.get_vocab_size(), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+        eos_token_id=0, bos_token_id=0)).save_pretrained(folder)
+    assert (folder / "chat_template.jinja").is_file() == jinja_file
+    return transformers.AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.mark.parametrize("jinja_file", [True, False], ids=["chat_template.jinja", "tokenizer_config"])
+def test_a_chat_template_survives_the_round_trip_through_stratalm(jinja_file, tmp_path):
+    """HF folder -> `stratalm convert` -> stratalm folder -> `stratalm convert --to hf`: the template
+    comes along each way, and chat, serving and apply_chat_template render the same text."""
+    from conftest import run_cli
+    from stratalm.serve.served import load_models
+
+    original = chat_hf_folder(tmp_path / "hf", jinja_file)
+    expected = original.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert expected.startswith("<|system|>\nBe brief.<|endoftext|>\n<|user|>")  # the template's own layout
+    assert stratalm.load(str(tmp_path / "hf")).chat_template == CHAT_TEMPLATE  # loaded from the HF folder itself
+
+    assert run_cli("convert", tmp_path / "hf", tmp_path / "ours").returncode == 0
+    assert stratalm.load(str(tmp_path / "ours")).chat_template == CHAT_TEMPLATE
+    assert json.loads((tmp_path / "ours" / "tokenizer_config.json").read_text())["chat_template"] == CHAT_TEMPLATE
+    for folder in ("hf", "ours"):  # `stratalm serve` renders as transformers does
+        served = load_models([str(tmp_path / folder)])[folder]
+        assert served.chat is not None and served.chat.render(MESSAGES) == expected
+    chat = subprocess.run([sys.executable, "-m", "stratalm", "chat", str(tmp_path / "ours"), "--temperature", "0",
+                           "--max-new-tokens", "2"], input="hello\n", capture_output=True, text=True, timeout=300)
+    assert chat.returncode == 0 and "no chat template" not in chat.stderr, chat.stderr
+
+    assert run_cli("convert", tmp_path / "ours", tmp_path / "back", "--to", "hf").returncode == 0
+    back = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
+    assert back.chat_template == CHAT_TEMPLATE
+    for prompt in (True, False):
+        assert back.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=prompt) == \
+            original.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=prompt)
+
+
+def test_saving_a_model_without_a_template_leaves_none_behind(tmp_path):
+    """A model saved over a chat model's folder does not inherit its template (chat_template.jinja
+    would win over the new tokenizer_config.json)."""
+    chat_hf_folder(tmp_path / "hf", jinja_file=True)
+    model = stratalm.load(str(tmp_path / "hf"))
+    stratalm.save(model, str(tmp_path / "ours"))
+    model.chat_template = None
+    for folder, format in (("hf", "hf"), ("ours", "stratalm")):
+        stratalm.save(model, str(tmp_path / folder), format=format)
+        assert stratalm.load(str(tmp_path / folder)).chat_template is None
+    assert not (tmp_path / "hf" / "chat_template.jinja").exists()
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf")).chat_template is None

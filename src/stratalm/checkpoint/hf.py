@@ -18,6 +18,7 @@ from ..model_config import ModelConfig
 from ..models import build_model
 from ..tokenize import Tokenizer
 from ..tokenize.convert import VOCABULARY_FILES
+from .chat_template import drop_stale_templates
 from .hf_tokenizer import GENERATION_CONFIG, generation_config, token_ids, write_json, write_tokenizer_files
 from .native import CONFIG, TOKENIZER, WEIGHTS, check_tokenizer
 from .transaction import atomic_update
@@ -125,3 +126,4 @@ def save_hf(model: torch.nn.Module, path: str) -> None:
         if config.stack != "encoder":
             write_json(os.path.join(staging, GENERATION_CONFIG), generation_config(hf_config))
         write_json(os.path.join(staging, CONFIG), hf_config)
+    drop_stale_templates(path, wrote_config=tokenizer is not None)

@@ -1,5 +1,7 @@
 """The native checkpoint format: a folder with model.safetensors (each tensor once), config.json
-(the ModelConfig plus stratalm_version and the architecture) and tokenizer.json. No pickle anywhere.
+(the ModelConfig plus stratalm_version and the architecture) and tokenizer.json; a model with a
+chat template (`model.chat_template`: a chat fine-tune, or a Hugging Face folder converted) also has
+tokenizer_config.json holding it (chat_template.py). No pickle anywhere.
 """
 from __future__ import annotations
 
@@ -41,9 +43,15 @@ def write_model_description(model: torch.nn.Module, folder: str) -> None:
 
 
 def save_native(model: torch.nn.Module, path: str) -> None:
-    """Write `model` (and its tokenizer) as a stratalm checkpoint folder, atomically."""
+    """Write `model` (its tokenizer, its chat template) as a stratalm checkpoint folder, atomically."""
+    from .chat_template import drop_stale_templates, write_chat_template
+
+    template = getattr(model, "chat_template", None)
     with atomic_update(path, "the model") as staging:
         write_model_files(model, staging)
+        if template is not None:
+            write_chat_template(staging, template, getattr(model, "tokenizer", None), model.config)
+    drop_stale_templates(path, wrote_config=template is not None)
 
 
 def read_config(path: str) -> dict[str, Any]:

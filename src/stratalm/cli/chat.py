@@ -2,9 +2,10 @@
 
 Each line read from standard input is a user turn; the reply streams out as it is generated and
 joins the history, so the next turn sees the whole conversation, rendered with the model's chat
-template (tokenizer_config.json's, as `stratalm finetune --task chat` stores it). The decoding
-flags are those of `stratalm generate`. Input ends at end of file (Ctrl-D) or a line `/exit`;
-`/reset` forgets the conversation (the --system message stays).
+template (tokenizer_config.json's, as `stratalm finetune --task chat` stores it, or the
+chat_template.jinja that transformers 5 saves beside it). The decoding flags are those of
+`stratalm generate`. Input ends at end of file (Ctrl-D) or a line `/exit`; `/reset` forgets the
+conversation (the --system message stays).
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def add_parsers(sub) -> None:
     p.add_argument("model_dir", help="checkpoint folder (e.g. the --out of stratalm finetune --task chat)")
     p.add_argument("--system", default=None, help="a system message that opens the conversation")
     p.add_argument("--chat-template", default=None, metavar="FILE",
-                   help="jinja2 chat template (default: chat_template of the folder's tokenizer_config.json)")
+                   help="jinja2 chat template (default: the folder's chat_template.jinja, else chat_template of "
+                        "its tokenizer_config.json)")
     add_sampling_flags(p)
     p.set_defaults(func=_chat)
