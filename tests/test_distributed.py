@@ -188,3 +188,23 @@ def test_a_failed_save_on_the_first_process_stops_every_process_with_one_sentenc
     assert f"error: the first process could not write the checkpoint of step 6 into '{out}' (its message says why), so " \
            f"this one stopped too; the last good checkpoint, of step 4, is in '{out}'" in " ".join(errors), errors
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 4
+    # torchrun's own summary of the failed processes (its ChildFailedError, printed after them) gives
+    # each one's sentence, from the error file torchrun names to it, not a link on enabling tracebacks.
+    summary = [line.strip() for line in done.stderr.splitlines() if line.strip().startswith("traceback : ")]
+    assert sorted(summary) == sorted(f"traceback : {line}" for line in errors), done.stderr[-3000:]
+    assert "To enable traceback see" not in done.stderr and "new message format" not in done.stderr
+
+
+def test_a_failed_process_leaves_its_sentence_where_torchrun_looks_for_it(tmp_path, monkeypatch):
+    """The error file of TORCHELASTIC_ERROR_FILE, as torchrun's summary reads it (its own code)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from stratalm.cli import main
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    assert main(["pretrain", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run")]) == 2
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=2, error_file=str(error_file))
+    shown = [line.strip() for line in ChildFailedError("stratalm", {0: failure}).format_msg().splitlines()]
+    assert f"traceback : error: '{tmp_path / 'none'}' is not a prepared data folder (no manifest.json); run " \
+           f"`stratalm prepare` first." in shown, shown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_the_python_api_refuses_a_resume_with_a_changed_batch_size_as_the_cli_do
     assert step_of(out) == 3
 
 
-def test_fine_tuning_may_change_on_resume_what_pretraining_may(tmp_path):
+def test_fine_tuning_may_change_on_resume_what_pretraining_may_and_is_refused_as_early(tmp_path):
     from stratalm.tasks.finetune import FinetuneConfig, finetune, finetune_loop
     from stratalm.loop.config import MAY_CHANGE_ON_RESUME
     from stratalm.tasks.finetune_config import LOOP_MAY_CHANGE
@@ -59,5 +60,11 @@ def test_fine_tuning_may_change_on_resume_what_pretraining_may(tmp_path):
     finetune(config(1))
     finetune(config(2, activation_checkpointing=True, eval_windows=3), resume=True)
     assert step_of(tmp_path / "run" / "last") == 2
-    with pytest.raises(OutputExistsError, match=r"loop.batch_size = 8 \(saved: 16\)"):
+    # Refused before the data and model are read, as pretraining's: without them the refusal is the same.
+    before = {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()}
+    shutil.rmtree(base)
+    train.write_bytes(b"\xff\xfe not a tsv file \x00")
+    with pytest.raises(OutputExistsError, match=r"loop.batch_size = 8 \(saved: 16\)") as refused:
         finetune(config(3, batch_size=8), resume=True)
+    assert "max_steps" not in str(refused.value) and "activation_checkpointing" not in str(refused.value)
+    assert {path: path.read_bytes() for path in (tmp_path / "run").rglob("*") if path.is_file()} == before

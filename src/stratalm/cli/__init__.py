@@ -2,17 +2,23 @@
 one line, `error: <sentence>`, and exit with status 2.
 
 Each module here adds one group of subcommands; none imports torch until a command runs, so
-`--help` and flag errors answer at once."""
+`--help` and flag errors answer at once. A training command guards its stop signals from here on,
+before anything else is imported (loop/startup.py)."""
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Optional
 
-from ..errors import StratalmError
-from ..version import __version__
-from . import chat, lens, models, prompting, serve, tasks, training
-from .parsing import HelpFromLine, parse_command_line
+from ..loop.startup import guard_if_training, release_stop_signals, tell_launcher
+
+guard_if_training(sys.argv)  # first: a signal while the rest imports is answered too
+
+import argparse  # noqa: E402
+from typing import Optional  # noqa: E402
+
+from ..errors import StratalmError  # noqa: E402
+from ..version import __version__  # noqa: E402
+from . import chat, lens, models, prompting, serve, tasks, training  # noqa: E402
+from .parsing import HelpFromLine, parse_command_line  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +38,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.func(args)
     except StratalmError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        tell_launcher(f"error: {exc}")  # torchrun's summary of failed processes names the reason
         return getattr(exc, "exit_status", 2)  # a run stopped by a signal exits as 128 + the signal (loop/faults.py)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        release_stop_signals()  # a caller in the same process gets its signals back as they were
     return 0
 
 

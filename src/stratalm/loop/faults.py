@@ -12,8 +12,7 @@ import torch
 from ..checkpoint.fault_points import wake
 from ..errors import StratalmError
 from .distributed import Distributed
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from .startup import STOP_SIGNALS, handler_before_guard, stopped_before_training
 
 
 class RunInterrupted(StratalmError):
@@ -42,7 +41,9 @@ class StopSignals:
     def __enter__(self) -> "StopSignals":
         self.received, self.at_once = None, False
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+            # The command's early guard (startup.py) is over once the loop holds the signals: they go
+            # back to what they were before it.
+            self._previous = {sig: handler_before_guard(sig, signal.signal(sig, self._handle)) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -55,8 +56,7 @@ class StopSignals:
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
         wake()  # a test holding the run at a pause point lets it go on to stop
         if self.at_once:
-            raise RunInterrupted(f"stopped by {signal.Signals(signum).name} before training started; nothing was "
-                                 f"written, so the run folder is as it was.", signum)
+            raise RunInterrupted(stopped_before_training(signum), signum)
 
     def agreed(self, dist: Distributed, device: torch.device) -> Optional[int]:
         """The signal to stop for, the same on every process (any one of them received it: torchrun

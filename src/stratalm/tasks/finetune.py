@@ -22,6 +22,7 @@ from ..checkpoint.base_reference import reference_to, weights_from_base
 from ..checkpoint.training import FROZEN_FROM_BASE
 from ..errors import CheckpointError, ConfigError, DataError
 from ..loop.recipe import Part, Recipe, scored_per_row
+from ..loop.run_folder import differences
 from ..loop.trainer import Loop, run
 from ..models.lora import add_lora, merged_copy
 from . import task_class
@@ -132,6 +133,12 @@ class FinetuneRecipe(Recipe):
         now = {k: v for k, v in self.cfg.to_dict().items() if k not in MAY_CHANGE}
         now["loop"] = {k: v for k, v in now["loop"].items() if k not in LOOP_MAY_CHANGE}
         return now
+
+    def changed_settings(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """The settings that may not change, against the saved run.yaml's, before the data and model
+        are loaded: all of them are the config's own (identity() needs nothing built). A section an
+        older run.yaml lacks is left to the loop's check after the build, whose error says so."""
+        return [(key, old, new) for key, old, new in differences(saved, self.identity()) if key.split(".")[0] in saved]
 
     # -- batches --------------------------------------------------------------------------------
     def batch_indices(self, step: int) -> torch.Tensor:
