@@ -19,8 +19,9 @@ from ..checkpoint.base_reference import BaseReference
 from ..checkpoint.native import write_model_description, write_model_files
 from ..checkpoint.transaction import atomic_update
 from ..checkpoint.weights import model_state
-from ..config_fields import at_least, device_name, require
-from ..errors import CheckpointError, ConfigError
+from ..generate.text import choose_device
+from ..config_fields import at_least, require
+from ..errors import CheckpointError
 from ..models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, merge_lora, save_adapter, without_lora
 from ..version import __version__
 from . import task_class
@@ -89,20 +90,11 @@ def load_finetuned(path: str, device: str = "cpu", options: Optional[dict[str, A
 
 def _run(path: str, data: str, labelled: bool, batch_size: int, device: str, options: Optional[dict[str, Any]]):
     require("--batch-size", batch_size, at_least(1))  # below 1, no batch would run and every prediction be a stand-in
-    model, task, record = load_finetuned(path, _device(device), options)
+    model, task, record = load_finetuned(path, choose_device(device), options)
     examples = task.read(data, labelled=labelled)
     with torch.inference_mode():
         predictions = task.predict(model, examples, record.get("max_length", model.config.max_seq_len), batch_size)
     return task, examples, predictions
-
-
-def _device(name: str) -> str:
-    require("--device", name, device_name)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} asks for CUDA but no CUDA device is available; use --device cpu.")
-    return name
 
 
 def evaluate(path: str, data: str, batch_size: int = 64, device: str = "auto",
