@@ -156,6 +156,26 @@ def test_resume_after_a_real_kill_mid_epoch_is_bitwise_identical(toy, tmp_path):
         json.loads((killed / "task.json").read_text())["best_step"]
 
 
+def test_a_stop_signal_during_the_first_evaluation_waits_for_it_then_exits_ready_to_resume(toy, tmp_path):
+    """A run with a dev set evaluates before its first step; SIGTERM there is the loop's, not Python's
+    default (a silent death): one line, status 143, and --resume then trains the run to its end."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "stratalm", *args(toy, out, "--max-steps", "4", "--dev", str(toy["dev"]), "--resume")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "STRATALM_PAUSE_AT": "evaluating@0"})
+    for line in process.stderr:
+        if "paused at evaluating@0" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    stderr = process.stderr.read()
+    assert process.wait() == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines() == [
+        f"error: stopped by SIGTERM before the first step; '{out}' is ready, and --resume continues the run."]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 4
+
+
 @pytest.mark.slow
 def test_compiled_fine_tuning_matches_eager(toy, tmp_path):
     finetune(config(toy, tmp_path / "eager"))

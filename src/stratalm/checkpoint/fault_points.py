@@ -5,6 +5,7 @@ PAUSE_SECONDS). The points:
 
     built@0         the run's data and model are built, its folder not touched yet
     opened@0        the run's folder is set up (cleared or resumed from), no step taken yet
+    evaluating      the evaluation after step STEP begins (at 0: a fine-tuning run's first, on its dev set)
     step            inside step STEP + 1, after its backward pass and before the optimizer update
     save-staged     the checkpoint of step STEP is written into .pending/, nothing committed yet
     save-committed  the same checkpoint is sealed (COMMITTED marker), its files not moved in yet

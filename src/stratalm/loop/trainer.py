@@ -79,8 +79,11 @@ class Loop:
         signum = stop.agreed(self.dist, self.device)  # every process stops, or none
         if signum:
             self.close()
-            raise RunInterrupted(f"stopped by {signal.Signals(signum).name} before the first step; '{out}' is ready, and "
-                                 f"--resume continues the run{f' from step {self.step}' if self.resuming else ''}.", signum)
+            raise self._stopped_before_first_step(signum)
+
+    def _stopped_before_first_step(self, signum: int) -> RunInterrupted:
+        return RunInterrupted(f"stopped by {signal.Signals(signum).name} before the first step; '{self.out}' is ready, "
+                              f"and --resume continues the run{f' from step {self.step}' if self.resuming else ''}.", signum)
 
     def _build(self) -> None:
         """Processes, device, the recipe's data and model, the optimizer: all that can fail on user
@@ -312,6 +315,7 @@ class Loop:
         """The recipe's evaluation, logged. Randomness inside (ELECTRA's sampled replacements)
         comes from a fixed seed and leaves the training run's random state untouched, so a run
         resumes exactly."""
+        pause_point("evaluating", self.step)
         devices = [self.device] if self.device.type == "cuda" else []
         self.model.eval()
         try:
@@ -341,7 +345,6 @@ class Loop:
             self.metrics.write({"step": self.step, "train_s": round(self.train_seconds, 3), **merged})
 
     def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
         self.started = time.perf_counter()  # wall time of this invocation (evaluation included)
         self.say(self.recipe.describe(self))
         self.say(f"precision {self.precision} ({self.precision_reason})")
@@ -351,46 +354,56 @@ class Loop:
                 tqdm.write(f"warning: {self.fallback}", file=sys.stderr)
             if self.stretched:
                 self.say(self.stretched)
-        if self.recipe.evaluate_at_start and self.step == 0:
-            self.evaluate()  # the starting point of the dev curves
+        # From here to the end, a stop signal waits for the work in hand: the first evaluation, a
+        # step, or writing the result.
+        with self.stop_signals as stop:
+            if self.recipe.evaluate_at_start and self.step == 0:
+                self.evaluate()  # the starting point of the dev curves
+                signum = stop.agreed(self.dist, self.device)
+                if signum:
+                    raise self._stopped_before_first_step(signum)
+            return self._train(stop)
+
+    def _train(self, stop: StopSignals) -> dict[str, Any]:
+        """Steps to the end (or to a stop signal), then the recipe's result."""
+        cfg = self.cfg
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.recipe.progress_label, unit="step",
                    disable=not (cfg.progress and self.dist.is_main), dynamic_ncols=True)
         self.model.train()
         window_loss, window_steps, window_time = 0.0, 0, 0.0  # since the last metrics line
         window_losses = 0  # steps of the window with a loss (skipped ones have none)
-        with self.stop_signals as stop:
-            while self.step < self.total_steps:
-                started = time.perf_counter()
-                loss = float(self.train_step())  # float() waits for the step, so the time is honest
-                seconds = time.perf_counter() - started
-                window_time += seconds
-                self.train_seconds += seconds
-                if not self.skipped_last:
-                    window_loss += loss
-                    window_losses += 1
-                window_steps += 1
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    record = {"step": self.step, **({"loss": window_loss / window_losses} if window_losses else {}),
-                              "lr": self.schedule.lr(self.step - 1), **self.recipe.throughput(window_steps, max(window_time, 1e-9)),
-                              "train_s": round(self.train_seconds, 3), **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {})}
-                    self.metrics.write(record)
-                    if window_losses:
-                        bar.set_postfix(loss=f"{record['loss']:.4f}")
-                        self.recipe.last_loss = record["loss"]
-                    window_loss, window_steps, window_time, window_losses = 0.0, 0, 0.0, 0
-                if self.observers:
-                    self.observe()
-                evaluated = self.recipe.should_evaluate(self.step, self.total_steps, cfg.eval_every)
-                if evaluated:
-                    self.evaluate()
-                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == self.total_steps \
-                        or (evaluated and self.recipe.save_at_evaluation):
-                    self.save()
-                signum = stop.agreed(self.dist, self.device)
-                if signum and self.step < self.total_steps:
-                    bar.close()
-                    self._stop_for(signum)
+        while self.step < self.total_steps:
+            started = time.perf_counter()
+            loss = float(self.train_step())  # float() waits for the step, so the time is honest
+            seconds = time.perf_counter() - started
+            window_time += seconds
+            self.train_seconds += seconds
+            if not self.skipped_last:
+                window_loss += loss
+                window_losses += 1
+            window_steps += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                record = {"step": self.step, **({"loss": window_loss / window_losses} if window_losses else {}),
+                          "lr": self.schedule.lr(self.step - 1), **self.recipe.throughput(window_steps, max(window_time, 1e-9)),
+                          "train_s": round(self.train_seconds, 3), **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {})}
+                self.metrics.write(record)
+                if window_losses:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    self.recipe.last_loss = record["loss"]
+                window_loss, window_steps, window_time, window_losses = 0.0, 0, 0.0, 0
+            if self.observers:
+                self.observe()
+            evaluated = self.recipe.should_evaluate(self.step, self.total_steps, cfg.eval_every)
+            if evaluated:
+                self.evaluate()
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == self.total_steps \
+                    or (evaluated and self.recipe.save_at_evaluation):
+                self.save()
+            signum = stop.agreed(self.dist, self.device)
+            if signum and self.step < self.total_steps:
+                bar.close()
+                self._stop_for(signum)
         bar.close()
         return self.recipe.finish(self)
 
