@@ -8,7 +8,7 @@ values only. At pair i the model has seen i examples ("shots") of the mapping; a
 in-context learner is right whenever the query key appeared among them, and at chance otherwise,
 so its accuracy is 1 - (1 - 1/K)^i * (1 - 1/V): the "ideal" curve. Evaluation uses mappings drawn
 from a generator of its own seed, never seen in training (K = 8 keys and V = 8 values give 8^8 =
-16.8M mappings; the default run trains on 128k fresh sequences).
+16.8M mappings; the default run trains on 160k fresh sequences).
 
 Along training, each evaluation also scores, through the layer lens (`blocks.*.attn.pattern`) and
 stratalm.lens.induction, the two halves of an induction circuit (Olsson et al. 2022): the best
@@ -17,20 +17,28 @@ previous-token head (a value attending to its own key) and the best induction he
 of even attention. `--burst P` makes training pairs repeat the previous key with probability P for
 the first `--burst-steps` steps (Chan et al. 2022's burstiness); held-out rows stay i.i.d.
 
-Measured (niced, 1 thread, 2 shared and loaded CPU cores). The default (4,000 steps, batch 32, 16
-pairs, d_model 64, lr 3e-3, 354 s): held-out accuracy 0.125/0.21/0.25/0.25/0.27/0.28 at 0/1/4/8/
-12/15 shots against the ideal 0.125/0.23/0.49/0.70/0.82/0.88, flat from step 200 on (train loss
-1.87); no induction head: layer 1's best scores 0.13 against 0.098 for even attention, the best
-previous-token head 0.13-0.21. The curve is the in-context unigram heuristic (guess a value the
-mapping has shown), the plateau the ICL literature reports before the phase change. Burstiness
-grows the first half of the circuit: `--burst 0.5 --burst-steps 150` gives a previous-token head
-(blocks.0.attn head 1) of 0.95 by step 100, which decays to 0.18 once the data turn i.i.d.; kept
-on for all steps it stays at 0.99 but the model then only copies the previous value (0.227 at every
-shot count: the positional shortcut). The likeliest next lever is width and steps: `--d-model 128
---d-ff 128 --lr 1e-3 --steps 3000` (531 s) leaves the loss plateau (1.56 and still falling) and
-reaches 0.14/0.22/0.28/0.32/0.34/0.35, still rising with shots, but no induction head yet (0.15).
+Measured (niced, 1 thread, 2 shared and loaded CPU cores). The default (5,000 steps, batch 32, 16
+pairs, d_model 128, d_ff 128, lr 1e-3, 649 s): held-out accuracy 0.135/0.25/0.50/0.67/0.76/0.78 at
+0/1/4/8/12/15 shots against the ideal 0.125/0.23/0.49/0.70/0.82/0.88. For 3,000 steps the curve is
+the in-context unigram heuristic (guess a value the mapping has shown: 0.27-0.35 at 15 shots, train
+loss 1.64 -> 1.56), the plateau the ICL literature reports before the phase change; between steps
+3,500 and 4,000 an induction head appears, blocks.1.attn head 1 (induction score 0.23/0.69/0.83/0.85
+at steps 3,500/4,000/4,500/5,000 against 0.098 for even attention), and the accuracy at 15 shots
+jumps with it (0.39/0.65/0.75/0.78 at those steps; 4 shots 0.40 -> 0.50, matching the ideal). The
+circuit's first half stays diffuse: the best previous-token head (a value attending to its key) only
+reaches 0.15/0.21/0.20/0.18 (blocks.0.attn head 2) at those steps, so what tells a value position
+its key is spread out, not one sharp head. What did not get there: d_model 64 (lr 3e-3, 4,000 steps:
+flat at 0.28 from step 200, loss 1.87, induction 0.13); lr 2e-3 at d_model 128 (leaves the plateau
+sooner, loss 1.40 at step 2,000, 0.47-0.51 at 15 shots, but not by an induction head: 0.18 at step
+3,000, loss 1.39-1.47 from step 2,000 on; stopped there); attention-only blocks (a patch not kept)
+with T5 relative positions at d_model 64, lr 3e-3 (8 values: loss 1.88 at step 1,000; 32 values:
+2.86 at step 1,750; no induction head, 0.13-0.16; both stopped early). Burstiness grows the first
+half of the circuit at d_model 64: `--burst 0.5 --burst-steps 150` gives a previous-token head
+(blocks.0.attn head 1) of 0.95 by step 100, which decays to 0.18 once the data turn i.i.d.; kept on
+for all steps it stays at 0.99 but the model then only copies the previous value (0.227 at every
+shot count: the positional shortcut).
 
-    python bench/icl.py [--steps 4000] [--burst 0.5 --burst-steps 150] [--plot docs/icl.png]
+    python bench/icl.py [--steps 5000] [--burst 0.5 --burst-steps 150] [--plot docs/icl.png]
 
 Prints one JSON object: the setup, per evaluated step the accuracy by number of shots and the best
 induction and previous-token heads, and the ideal curve.
@@ -67,15 +75,15 @@ class Setup:
     values: int = VALUES
     pairs: int = PAIRS
     n_layers: int = 2  # an induction circuit needs two: a previous-token head, then a matching head
-    d_model: int = 64
+    d_model: int = 128  # 64 stays on the unigram plateau (see Measured); 128 leaves it for an induction head
     n_heads: int = 4
-    d_ff: int = 64
+    d_ff: int = 128
     position: str = "rope"
     burst: float = 0.0  # chance that a training pair repeats the previous pair's key (Chan et al. 2022) ...
     burst_steps: int = 150  # ... during the first this many steps only: 0.5 grows a previous-token head in
     # 100 steps, but left on, the model settles for the positional shortcut "copy the previous value"
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-3  # 2e-3 leaves the plateau sooner, but for a solution without an induction head
     warmup: int = 100
     seed: int = 0
 
@@ -225,7 +233,7 @@ def plot(records: list[dict], setup: Setup, path: Path) -> None:
 
 def parse_setup(argv: Optional[list[str]]) -> tuple[Setup, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--plot", default=str(ROOT / "docs" / "icl.png"), help="PNG to draw ('' for none)")
     for field in fields(Setup):  # one flag per Setup field, so the two never drift apart
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)

@@ -87,6 +87,31 @@ def test_lens_induction_score_is_one_for_a_perfect_head_and_low_for_even_attenti
     assert abs(float(by_previous[2, 0]) - 1.0) < 1e-5 and float(by_previous[1, 0]) < 0.2
 
 
+def test_induction_score_counts_the_value_after_the_earlier_key_not_the_key_itself():
+    """Built by hand in the task's own layout (`k1 v1 k2 v2 ...`), without induction_targets: a
+    head whose key positions attend to the VALUES that followed the same key before scores 1; one
+    that attends to the earlier occurrences of the key itself (a duplicate-token head, one position
+    too early) scores 0. Only key positions whose key was seen before are scored."""
+    from stratalm.lens.induction import induction_scores
+
+    ids = icl.make_sequences(16, torch.Generator().manual_seed(4))
+    B, T = ids.shape
+    copy, duplicate = torch.zeros(B, T, T), torch.zeros(B, T, T)
+    for b in range(B):
+        for t in range(T):
+            earlier_keys = [s for s in range(0, t, 2) if t % 2 == 0 and ids[b, s] == ids[b, t]]
+            if earlier_keys:
+                for s in earlier_keys:
+                    copy[b, t, s + 1] = 1.0 / len(earlier_keys)  # the value that followed
+                    duplicate[b, t, s] = 1.0 / len(earlier_keys)  # the key itself
+            else:  # not scored: anywhere will do
+                copy[b, t, t] = duplicate[b, t, t] = 1.0
+    at_keys = torch.zeros(B, T, dtype=torch.bool)
+    at_keys[:, 0::2] = True
+    scores, uniform = induction_scores(torch.stack([copy, duplicate])[:, :, None], ids, at_keys)
+    assert abs(float(scores[0, 0]) - 1.0) < 1e-5 and float(scores[1, 0]) < 1e-6 and 0 < uniform < 0.2
+
+
 def test_lens_induction_score_refuses_a_sequence_without_repeats():
     from stratalm.lens.induction import induction_scores
 
@@ -147,7 +172,7 @@ def test_bad_settings_get_one_sentence():
 
 @pytest.mark.slow
 def test_a_short_run_already_learns_more_with_more_shots():
-    records = icl.train(icl.Setup(pairs=24, d_ff=256, burst=0.0), steps=150, eval_at=[0, 150], eval_size=256)
+    records = icl.train(icl.Setup(pairs=24, d_model=64, d_ff=256, lr=3e-3), steps=150, eval_at=[0, 150], eval_size=256)
     accuracy = records[-1]["accuracy_by_shots"]
     late = accuracy[len(accuracy) // 2:]
     assert sum(late) / len(late) > sum(accuracy[:2]) / 2 + 0.05, accuracy
