@@ -148,6 +148,52 @@ def test_small_batches_through_the_reading_and_encoding_threads_change_nothing(t
     assert not (tmp_path / "bad").exists()
 
 
+def test_held_out_copy_reads_the_file_in_bounded_chunks(tmp_path, monkeypatch):
+    """The held-out documents go behind the training ones through plain reads of at most
+    COPY_TOKENS tokens (no memory map, whose pages would all stay resident: peak memory would grow
+    with the corpus); chunks far smaller than a document (pieces of one) write the same folder."""
+    import importlib
+
+    prep = importlib.import_module("stratalm.data.prepare")
+    inputs, _ = mixed_corpus(tmp_path)
+    whole = prepare(inputs, str(tmp_path / "whole"), tokenizer="bpe", vocab_size=400, progress=False)
+    reads, read = [], prep.HeldOut.read
+
+    def counted(self, handle, count):
+        reads.append(count)
+        return read(self, handle, count)
+
+    monkeypatch.setattr(prep.HeldOut, "read", counted)
+    monkeypatch.setattr(prep, "COPY_TOKENS", 20)  # less than many a document
+    monkeypatch.setattr(np, "memmap", None)  # nothing in prepare maps a file
+    tokenizer = str(tmp_path / "whole" / "tokenizer.json")
+    small = prepare(inputs, str(tmp_path / "small"), tokenizer=tokenizer, progress=False)
+    monkeypatch.undo()
+    assert_same_folder(whole, small, tmp_path / "whole", tmp_path / "small")
+    start, end = small["splits"]["validation"]
+    separators = small["validation"]["documents"] - 1  # written between the held-out documents, not read
+    assert len(reads) > 65 and max(reads) <= 20 and sum(reads) == end - start - separators
+
+
+def test_held_out_documents_drawn_in_slices_are_the_one_pass_draw(monkeypatch):
+    """The seeded draw walks the permutation a slice at a time over arrays (a few bytes a document);
+    the documents it picks are those of the plain loop over every document."""
+    import importlib
+
+    prep = importlib.import_module("stratalm.data.prepare")
+    sizes = np.random.default_rng(5).integers(1, 5000, 1000).tolist() + [200_000]  # and one huge document
+    for share, seed in ((0.1, 0), (0.3, 7), (0.01, 2)):
+        target, held, expected = share * sum(sizes), 0, set()
+        for index in np.random.default_rng(seed).permutation(len(sizes)).tolist():
+            if held + sizes[index] / 2 < target:
+                expected.add(index)
+                held += sizes[index]
+        monkeypatch.setattr(prep, "HELD_OUT_DRAW", 7)
+        picked = prep.held_out_documents(np.array(sizes), share, seed)
+        assert picked.tolist() == sorted(expected)
+    assert len(prep.held_out_documents(np.array([10, 10]), 0.9, 0)) == 0  # nothing left to train on
+
+
 JSONL_LINES = [
     '{"text": "plain"}\n', '{"text":"no space","id":3}\n', '  {"text": "spaces around"}  \n', "\n", "   \t\n",
     '{"text": "crlf"}\r\n', '{"text": "escapes \\u00e9\\n\\t\\"\\ud83d\\ude00", "x": NaN}\n',

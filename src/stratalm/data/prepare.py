@@ -15,10 +15,12 @@ Shakespeare) it is the last `val_share` of the tokens (nanoGPT's convention); th
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import tempfile
+from array import array
 from typing import Optional
 
 import numpy as np
@@ -32,7 +34,10 @@ from .sources import document_sizes, iter_documents, iter_texts, list_input_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-COPY_TOKENS = 16 << 20  # held-out tokens moved behind the training documents at once
+# Held-out tokens moved behind the training documents at once, read into one buffer with plain
+# file reads (a memory map would keep every page it read resident, the whole held-out file).
+COPY_TOKENS = 1 << 20
+HELD_OUT_DRAW = 1 << 16  # documents considered per slice of the seeded order
 SUBWORD_TRAINERS = {"wordpiece": train_wordpiece, "unigram": train_unigram}  # each family's own kind
 
 
@@ -107,16 +112,23 @@ def _build_tokenizer(kind: str, inputs: list[str], vocab_size: int, text_field: 
                     f"Hugging Face folder); '{kind}' is none of these.")
 
 
-def held_out_documents(sizes: list[int], share: float, seed: int) -> set[int]:
-    """Indices of the documents kept for validation: drawn in a seeded random order, each taken when
-    it brings the held-out text closer to `share` of the whole (so one huge file never becomes the
-    whole validation split). Empty when no whole document fits, or none would be left to train on."""
-    target, held, chosen = share * sum(sizes), 0, set()
-    for index in np.random.default_rng(seed).permutation(len(sizes)).tolist():
-        if held + sizes[index] / 2 < target:
-            chosen.add(index)
-            held += sizes[index]
-    return chosen if len(chosen) < len(sizes) else set()
+def held_out_documents(sizes: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Indices (sorted) of the documents kept for validation: drawn in a seeded random order, each
+    taken when it brings the held-out text closer to `share` of the whole (so one huge file never
+    becomes the whole validation split). Empty when no whole document fits, or none would be left
+    to train on. Memory: a few bytes per document (arrays, read in slices), not Python objects."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    target, held = share * int(sizes.sum()), 0
+    chosen = np.zeros(len(sizes), dtype=bool)
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    for lo in range(0, len(order), HELD_OUT_DRAW):
+        indices = order[lo:lo + HELD_OUT_DRAW]
+        for index, size in zip(indices.tolist(), sizes[indices].tolist()):
+            if held + size / 2 < target:
+                chosen[index] = True
+                held += size
+    picked = np.flatnonzero(chosen)
+    return picked if len(picked) < len(sizes) else np.zeros(0, dtype=np.int64)
 
 
 def describe_split(manifest: dict) -> str:
@@ -132,11 +144,11 @@ def describe_split(manifest: dict) -> str:
 
 class HeldOut:
     """Held-out documents, written aside (a raw token file in the staging folder) while the corpus
-    streams, then appended behind the training documents."""
+    streams, then appended behind the training documents, COPY_TOKENS at most at a time."""
 
     def __init__(self, folder: str, dtype: np.dtype) -> None:
         self.path, self.dtype = os.path.join(folder, "held_out.tmp"), dtype
-        self.lengths: list[int] = []
+        self.lengths = array("q")  # tokens of each held-out document, 8 bytes each
         self._file = open(self.path, "wb")
 
     def write_pieces(self, starts: np.ndarray, lengths: np.ndarray, ids: np.ndarray, separator: Optional[np.ndarray]) -> None:
@@ -149,28 +161,35 @@ class HeldOut:
         if len(first):
             self.lengths.extend(np.add.reduceat(lengths, first).tolist())
 
+    def read(self, handle: io.BufferedReader, count: int) -> np.ndarray:
+        """The next `count` tokens of the held-out file, read into a fresh array (no memory map)."""
+        tokens = np.empty(count, dtype=self.dtype)
+        if handle.readinto(tokens) != tokens.nbytes:
+            raise DataError(f"'{self.path}' ended early while its held-out documents were being copied.")
+        return tokens
+
     def append_to(self, writer: ShardWriter, separator: Optional[np.ndarray]) -> int:
         """Write the held-out documents into `writer`, as many whole ones per call as fit in
-        COPY_TOKENS (a larger one in pieces); returns where the first one starts."""
+        COPY_TOKENS (a larger one in pieces), reading the file in order; returns where the
+        first one starts."""
         self._file.close()
-        tokens = np.memmap(self.path, dtype=self.dtype, mode="r") if sum(self.lengths) else np.zeros(0, self.dtype)
         lengths = np.array(self.lengths, dtype=np.int64)
         ends = np.cumsum(lengths)
         begins = ends - lengths
         first = writer.n_tokens + int(separator is not None and writer.n_documents > 0 and len(lengths) > 0)
-        i = 0
-        while i < len(lengths):
-            j = max(i + 1, int(np.searchsorted(ends, begins[i] + COPY_TOKENS, side="right")))
-            lo, hi = int(begins[i]), int(ends[j - 1])
-            if hi - lo <= COPY_TOKENS:
-                writer.write_pieces(np.ones(j - i, dtype=bool), lengths[i:j], np.asarray(tokens[lo:hi]), separator)
-            else:  # one document larger than a copy
-                for piece in range(lo, hi, COPY_TOKENS):
-                    size = min(COPY_TOKENS, hi - piece)
-                    writer.write_pieces(np.array([piece == lo]), np.array([size]), np.asarray(tokens[piece:piece + size]),
-                                        separator)
-            i = j
-        del tokens
+        with open(self.path, "rb") as handle:
+            i = 0
+            while i < len(lengths):
+                j = max(i + 1, int(np.searchsorted(ends, begins[i] + COPY_TOKENS, side="right")))
+                lo, hi = int(begins[i]), int(ends[j - 1])
+                if hi - lo <= COPY_TOKENS:
+                    writer.write_pieces(np.ones(j - i, dtype=bool), lengths[i:j], self.read(handle, hi - lo), separator)
+                else:  # one document larger than a copy
+                    for piece in range(lo, hi, COPY_TOKENS):
+                        size = min(COPY_TOKENS, hi - piece)
+                        writer.write_pieces(np.array([piece == lo]), np.array([size]), self.read(handle, size),
+                                            separator)
+                i = j
         os.remove(self.path)
         return first
 
@@ -214,7 +233,7 @@ def prepare(
         tok.backend.add_special_tokens([f"<extra_id_{i}>" for i in range(sentinels)])
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     sizes = document_sizes(files, text_field)
-    held_out = held_out_documents(sizes, val_share, seed) if val_share > 0 else set()
+    held_out = held_out_documents(sizes, val_share, seed) if val_share > 0 else np.zeros(0, dtype=np.int64)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
@@ -223,13 +242,13 @@ def prepare(
         aside = HeldOut(staging, dtype)
         separator = np.array([tok.eos_id], dtype=np.int64) if tok.eos_id is not None else None
         total_bytes = sum(os.path.getsize(f) for f in files)
-        document, held_index = -1, np.array(sorted(held_out), dtype=np.int64)
+        document = -1
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
             for starts, lengths, ids, size in encoded_batches(tok.backend, iter_documents(files, text_field), workers):
                 documents = document + np.cumsum(starts)  # the document of each piece
                 document = int(documents[-1])
                 # Each side (training stream, held out) takes its pieces of the batch in one call.
-                held = np.isin(documents, held_index)
+                held = np.isin(documents, held_out)
                 for target, chosen in ((writer, ~held), (aside, held)):
                     if chosen.any():
                         target.write_pieces(starts[chosen], lengths[chosen], ids[np.repeat(chosen, lengths)], separator)
@@ -238,7 +257,7 @@ def prepare(
         writer.close()
         if writer.n_tokens < 2:
             raise DataError("the input holds no text to train on (fewer than 2 tokens after tokenizing).")
-        if held_out:
+        if len(held_out):
             validation = {"by": "documents", "share": val_share, "seed": seed, "documents": len(aside.lengths)}
         else:
             n_train = int(writer.n_tokens * (1.0 - val_share))
