@@ -19,7 +19,8 @@ generation accuracy on every dev example (872 SST-2 reviews, 408 MRPC pairs; the
 is its answer) with its standard error and the answers given, next to the majority class and the
 base model's (same prompts, same template), then `stratalm prompt-eval` (the shipped SST-2 and MRPC
 tasks, all dev rows) of both. A finished stage (out/base, out/tuned) is reused: results.json's
-timings then give the seconds it took when it was made (kept in out/stage_times.json) and its
+timings then give the seconds it took when it was made (kept in out/stage_times.json, else its
+metrics.jsonl's training seconds) and its
 "reused" entry says so and where the figure comes from. The figures go to stdout and out/results.json.
 
 Measured (runs/instruct_v3/results.json), niced at 1 thread on a loaded 2-core AMD EPYC (load
@@ -198,29 +199,23 @@ STAGE_TIMES = "stage_times.json"  # in --out: how long each stage took when it r
 STAGE_FOLDERS = {"pretrain": "base", "tune": "tuned"}
 
 
+def recorded_times(out: Path) -> dict:
+    """out/stage_times.json: the seconds of each stage that ran ({} when there is none yet)."""
+    try:
+        values = json.loads((out / STAGE_TIMES).read_text())
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
 def made_in(out: Path, name: str) -> tuple[float | None, str]:
     """How long stage `name` took when its folder was made, and where that figure comes from:
-    out/stage_times.json (written as the stage ran), else an earlier results.json's (not a 0.0: a
-    results.json from before stage_times.json said that for a reused stage), else the training
-    seconds the stage's folder records (the last train_s of its metrics.jsonl, without tokenizer
-    training and data preparation); None where nothing has it."""
-    def read(path: Path) -> dict:
-        try:
-            values = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return values if isinstance(values, dict) else {}
-
-    seconds = read(out / STAGE_TIMES).get(f"{name}_s")
+    out/stage_times.json (written as the stage ran), else the training seconds the stage's folder
+    records (the last train_s of its metrics.jsonl, without tokenizer training and data
+    preparation); None where neither has it."""
+    seconds = recorded_times(out).get(f"{name}_s")
     if isinstance(seconds, (int, float)):
         return float(seconds), STAGE_TIMES
-    earlier = read(out / "results.json")
-    before = (earlier.get("reused") or {}).get(name)
-    if isinstance(before, dict) and isinstance(before.get("made_s"), (int, float)):  # reused then too
-        return float(before["made_s"]), str(before.get("from", "results.json"))
-    seconds = (earlier.get("timings") or {}).get(f"{name}_s")
-    if isinstance(seconds, (int, float)) and seconds > 0:
-        return float(seconds), "results.json"
     try:
         lines = (out / STAGE_FOLDERS[name] / "metrics.jsonl").read_text().splitlines()
         seconds = [json.loads(line)["train_s"] for line in lines if '"train_s"' in line][-1]
@@ -241,12 +236,7 @@ def stage(out: Path, name: str, done: bool, timings: dict, work) -> dict | bool:
     clock = time.perf_counter()
     work()
     timings[key] = round(time.perf_counter() - clock, 1)
-    path = out / STAGE_TIMES
-    try:
-        recorded = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        recorded = {}
-    path.write_text(json.dumps({**recorded, key: timings[key]}, indent=2) + "\n")
+    (out / STAGE_TIMES).write_text(json.dumps({**recorded_times(out), key: timings[key]}, indent=2) + "\n")
     return False
 
 

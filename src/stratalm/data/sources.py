@@ -87,11 +87,9 @@ def _parse_json_line(line: str) -> object:
     line gets exactly json.loads' answer or its error."""
     try:
         record, end = _scan_json(line, 0)
-        if end == len(line) or line[end:] == "\n":
-            return record
     except (StopIteration, ValueError):
-        pass
-    return json.loads(line)
+        return json.loads(line)  # json.loads' own error, or what only it accepts (leading spaces)
+    return record if end == len(line) or line[end:] == "\n" else json.loads(line)
 
 
 def _record_error(path: str, number: int, record: object, text_field: str) -> DataError:

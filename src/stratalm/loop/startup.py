@@ -9,6 +9,7 @@ before this guard. Also what a launcher is told of a process that failed (torchr
 No torch here, and nothing slow to import: the guard is in place before torch is imported."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -28,10 +29,8 @@ def stopped_before_training(signum: int) -> str:
 
 def _stop_now(signum: int, frame: Any) -> None:
     line = f"error: {stopped_before_training(signum)}"
-    try:
+    with contextlib.suppress(Exception):  # the signal may land inside a write to stdout
         sys.stdout.flush()
-    except Exception:  # noqa: BLE001 (the signal may land inside a write to stdout)
-        pass
     os.write(2, (line + "\n").encode())
     tell_launcher(line)
     # Exit here, wherever the signal landed (inside torch's import, say): raising would leave a
@@ -43,11 +42,9 @@ def guard_stop_signals() -> None:
     """Stop at once on SIGTERM or SIGINT until the loop starts (or release_stop_signals)."""
     if _replaced:
         return
-    try:
+    with contextlib.suppress(ValueError):  # not the main thread, which alone receives signals: no guard
         for sig in STOP_SIGNALS:
             _replaced[sig] = signal.signal(sig, _stop_now)
-    except ValueError:  # not the main thread, which alone receives signals
-        pass
 
 
 def guard_if_training(argv: list[str]) -> None:
@@ -81,10 +78,7 @@ def tell_launcher(line: str) -> None:
         return
     import json
 
-    try:
-        with open(path, "w") as handle:
-            # torchrun's own layout (ErrorHandler.record_exception's) without a Python call stack: the
-            # summary shows the message in its place, and may set the exit code in it.
-            json.dump({"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}, handle)
-    except OSError:
-        pass  # the reason is on stderr all the same
+    with contextlib.suppress(OSError), open(path, "w") as handle:  # unwritable: the reason is on stderr all the same
+        # torchrun's own layout (ErrorHandler.record_exception's) without a Python call stack: the
+        # summary shows the message in its place, and may set the exit code in it.
+        json.dump({"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}, handle)
