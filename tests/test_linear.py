@@ -11,7 +11,7 @@ from torch import nn
 
 from stratalm.families import preset
 from stratalm.generate import stream_tokens
-from stratalm.layers import Linear, linear
+from stratalm.layers import Linear, linear, native
 from stratalm.layers.path_choice import PathChoice
 
 
@@ -122,13 +122,17 @@ def test_a_decoding_step_is_chosen_whole(monkeypatch):
         return layer(x)
 
     with torch.no_grad():
-        outs = [linear.run_step("step", step, layer) for _ in range(24)]
-    trials = linear.STEP_CHOICE.trials
+        outs = [linear.run_step("step", step, layer) for _ in range(40)]
+    trials, candidates = linear.STEP_CHOICE.trials, linear.STEP_CHOICE.candidates
     assert linear.STEP_CHOICE.chosen.keys() == {"step"} and not linear.CHOICE.timings
     assert all(len(t) == trials for t in linear.STEP_CHOICE.timings["step"].values())
-    # plain, transposed and transposed_split by rows, then columns and columns_split by columns
-    assert layouts[:5 * trials] == [True] * 3 * trials + [False] * 2 * trials
-    assert layouts[5 * trials:] == [not linear.STEP_CHOICE.chosen["step"].startswith("columns")] * (24 - 5 * trials)
+    # plain, transposed, transposed_split, native and native_split (this small matrix stays by rows)
+    # by rows, then columns and columns_split by columns
+    by_rows = [not candidate.startswith("columns") for candidate in candidates]
+    assert by_rows == sorted(by_rows, reverse=True) and by_rows.count(False) == 2
+    timed = len(candidates) * trials
+    assert layouts[:timed] == [rows for rows in by_rows for _ in range(trials)]
+    assert layouts[timed:] == [not linear.STEP_CHOICE.chosen["step"].startswith("columns")] * (40 - timed)
     assert all(torch.allclose(o, F.linear(x, layer.weight, layer.bias), atol=1e-5) for o in outs)
     linear.STEP_CHOICE.reset()
 
@@ -172,6 +176,11 @@ def test_decoding_gives_the_same_tokens_on_every_path(monkeypatch):
     assert False in columns_layouts and False in columns_split_layouts  # those really relaid the weights out
     for tokens in (columns, transposed, columns_split, transposed_split):
         assert torch.equal(plain, tokens)
+    if native.available():
+        native_tokens, native_layouts = greedy("native")
+        native_split, native_split_layouts = greedy("native_split")  # every matrix split by columns here
+        assert native_layouts == {True} and False in native_split_layouts
+        assert torch.equal(plain, native_tokens) and torch.equal(plain, native_split)
 
 
 @pytest.mark.parametrize("bias", [True, False])

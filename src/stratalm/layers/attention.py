@@ -146,9 +146,9 @@ class Attention(nn.Module):
 
     def _projections(self, x: torch.Tensor, keys_from: Optional[torch.Tensor]):
         """Queries from x; keys and values from x too, or from `keys_from` (XLNet's streams)."""
-        widths = [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim]
+        widths = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim)
         if keys_from is None:
-            return self.qkv(x).split(widths, dim=-1)
+            return self.qkv(x).split_with_sizes(widths, dim=-1)
         weight, bias = self.qkv.weight.split([widths[0], widths[1] + widths[2]]), self.qkv.bias
         biases = bias.split([widths[0], widths[1] + widths[2]]) if bias is not None else (None, None)
         q = linear(x, weight[0], biases[0])

@@ -3,7 +3,7 @@ taken where they measure faster on this machine.
 
 nn.Linear computes x @ W^T with W stored (out, in). For a handful of rows of x that product is
 bound by reading W, and how fast the BLAS streams W depends on the CPU and on how W lies in memory.
-Five paths give the same numbers (to rounding):
+Seven paths give the same numbers (to rounding):
 - "plain": F.linear on W as stored, row by row;
 - "transposed": (W @ x^T)^T. On one AMD EPYC with MKL (which takes a slow matrix-vector path on AMD
   CPUs) this was 3x faster: the 25 weight matrices of a 6 x 384 GPT-2 with its 50,304-token head
@@ -26,6 +26,11 @@ Five paths give the same numbers (to rounding):
   differently in the kernels' tails). In whole decoding steps of that GPT-2 (tokens/s, 4 alternating
   runs of 128 tokens, a busy machine): batch 1 columns 51-55, columns_split 53-65; batch 8
   transposed 205-270, transposed_split 218-265.
+- "native" and "native_split": a compiled kernel (native.py) that streams each matrix once on all
+  threads, where MKL reads it on one core; with "_split" the matrices beyond SPLIT_MIN_BYTES (the
+  head) lie by columns and take the columns_split product, which reads them faster still. On that
+  AMD EPYC the 24 block products at one row took 2.6-3.4 ms by the kernel against 4.5-6.6 ms by
+  the best MKL path, and the head 2.7-3.4 ms split by columns against 4.4-5.1 ms by the kernel.
 So none is assumed. Decoding steps are chosen whole (run_step; path_choice.py says why), the
 weights taking the layout of the path being timed; the first single product of each shape (rows
 in buckets, since decoding repeats the same few) times plain against transposed on its own inputs
@@ -46,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .path_choice import PathChoice
 
 T = TypeVar("T")
@@ -57,20 +63,31 @@ CHOICE = PathChoice("linear", ("plain", "transposed"))
 # other way round from what a step of all of them measures (path_choice.py).
 # Ordered by layout, so that timing them relays the weights out once (each relayout leaves the old
 # copies of the smaller matrices in the allocator's heap: resident memory grows by their size).
-STEP_CHOICE = PathChoice("linear", ("plain", "transposed", "transposed_split", "columns", "columns_split"))
+# The native paths are candidates only where the kernel builds and runs (native.available).
+STEP_CHOICE = PathChoice("linear", ("plain", "transposed", "transposed_split", "native", "native_split", "columns",
+                                    "columns_split"),
+                         available=lambda candidate: not candidate.startswith("native") or native.available())
 SPLIT_MIN_BYTES = 16 * 2**20  # far beyond the caches: a product this large is bound by one core's reads
 SPLIT_PARTS = {"columns": 4, "transposed": 2}  # measured on the head, each the better of 2 and 4 slices
 _FORCED: list[Optional[str]] = [None]  # the path every product takes inside run_step, if any
-# The layout run_step last gave each model's weights (True: by columns). Weights swapped in from
+# The layout run_step last gave each model's weights (see columns_from). Weights swapped in from
 # outside afterwards keep their own layout: the numbers are the same, only the speed differs.
-_LAID_OUT: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+_LAID_OUT: "weakref.WeakKeyDictionary[nn.Module, float]" = weakref.WeakKeyDictionary()
+
+
+def columns_from(path: str) -> float:
+    """The size in bytes from which a weight lies by columns on `path`: every weight for the columns
+    paths, only those split by columns for native_split, none for the others."""
+    if path.startswith("columns"):
+        return 0
+    return SPLIT_MIN_BYTES if path == "native_split" else float("inf")
 
 
 def transposed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """F.linear(x, weight, bias) as (weight @ x^T)^T, for 2-D x of few rows."""
     rows = x.shape[0]
     if rows == 1:
-        x = x.repeat(2, 1)  # a real second row: an expanded (stride 0) one falls back to the slow path
+        x = torch.cat((x, x))  # a real second row: an expanded (stride 0) one falls back to the slow path
     out = weight @ x.t() if bias is None else torch.addmm(bias[:, None], weight, x.t())
     # Back to row-major: attention kernels and reductions over the last dimension want it, and the
     # copy is a few rows.
@@ -89,7 +106,7 @@ def split_outputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     cut = parts * width
     if weight.is_contiguous():
         slices = weight[:cut].view(parts, width, in_features)
-        inputs = (x.repeat(2, 1) if rows == 1 else x).t()  # one row would take the slow matrix-vector path
+        inputs = (torch.cat((x, x)) if rows == 1 else x).t()  # one row would take the slow matrix-vector path
         inputs = inputs.expand(parts, *inputs.shape)
         out = (torch.bmm(slices, inputs) if bias is None else
                torch.baddbmm(bias[:cut].view(parts, width, 1), slices, inputs))  # (parts, width, rows)
@@ -112,31 +129,48 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
             or torch.compiler.is_compiling()):  # a compiled graph picks its own kernels; timing has no place in it
         return F.linear(x, weight, bias)
-    rows = x.numel() // max(1, x.shape[-1])
-    if rows == 0 or rows > FEW_ROWS:
+    width = x.shape[-1]
+    rows = x.numel() // max(1, width)
+    forced = _FORCED[0]
+    if rows == 0 or rows > FEW_ROWS or forced == "plain":  # plain: nothing to reshape (a decoding step's commonest)
         return F.linear(x, weight, bias)
-    flat = x.reshape(rows, x.shape[-1])
-    paths = {"plain": lambda: F.linear(flat, weight, bias), "transposed": lambda: transposed(flat, weight, bias)}
-    if _FORCED[0] is not None and _FORCED[0].endswith("_split"):
-        path = _FORCED[0][:-len("_split")]
-        if weight.numel() * weight.element_size() >= SPLIT_MIN_BYTES:
-            return split_outputs(flat, weight, bias, SPLIT_PARTS[path]).view(*x.shape[:-1], weight.shape[0])
-        return paths["plain" if path == "columns" else path]().view(*x.shape[:-1], weight.shape[0])
-    if _FORCED[0] is not None:
-        return paths[_FORCED[0]]().view(*x.shape[:-1], weight.shape[0])
-    bucket = next(b for b in ROW_BUCKETS if rows <= b)
-    out = CHOICE.call((bucket, tuple(weight.shape), bias is not None), paths)
+    flat = x.reshape(rows, width)
+    if forced is not None:
+        out = forced_product(forced, flat, weight, bias)
+    else:
+        bucket = next(b for b in ROW_BUCKETS if rows <= b)
+        out = CHOICE.call((bucket, tuple(weight.shape), bias is not None),
+                          {"plain": lambda: F.linear(flat, weight, bias), "transposed": lambda: transposed(flat, weight, bias)})
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def forced_product(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """x (rows, in) times `weight` by the step path `path` (the weights in its layout)."""
+    base, split = path.removesuffix("_split"), path.endswith("_split")
+    if split and weight.numel() * weight.element_size() >= SPLIT_MIN_BYTES:
+        return split_outputs(x, weight, bias, SPLIT_PARTS["columns" if base == "native" else base])
+    if base == "transposed":
+        return transposed(x, weight, bias)
+    if base == "native" and weight.is_contiguous() and (bias is None or bias.is_contiguous()):
+        return native.few_rows_linear(x.contiguous(), weight, bias)
+    return F.linear(x, weight, bias)  # columns is plain on its layout
 
 
 def store_by_columns(model: nn.Module, by_columns: bool) -> None:
     """Lay every nn.Linear weight of `model` out in memory by columns (W^T contiguous) or back by
     rows, in place: values, shapes, parameters and the tied head stay what they are."""
+    lay_out(model, 0 if by_columns else float("inf"))
+
+
+def lay_out(model: nn.Module, columns_from: float) -> None:
+    """Lay the nn.Linear weights of `model` of at least `columns_from` bytes out by columns and
+    the others by rows (see store_by_columns)."""
     with torch.no_grad():
         for module in model.modules():
             weight = getattr(module, "weight", None) if isinstance(module, nn.Linear) else None
             if weight is None or weight.dim() != 2 or min(weight.shape) == 1 or weight.device.type == "meta":
                 continue  # a single row or column lies the same both ways
+            by_columns = weight.numel() * weight.element_size() >= columns_from
             if weight.is_contiguous() == by_columns:  # a tied weight met twice is already done
                 weight.data = weight.data.t().contiguous().t() if by_columns else weight.data.contiguous()
 
@@ -145,11 +179,10 @@ def run_step(key: Hashable, step: Callable[[], T], model: nn.Module) -> T:
     """Run `step` (a whole forward pass of `model`, e.g. one decoding step) with every few-row
     product on one path: the first steps of each `key` try each path in turn, timed, and then the
     faster is kept. The weights of `model` take the layout of the path (see store_by_columns)."""
-    path = STEP_CHOICE.upcoming(key)
-    by_columns = path.startswith("columns")
-    if _LAID_OUT.get(model) != by_columns:  # walking every module each step would cost ~1% of a step
-        store_by_columns(model, by_columns)
-        _LAID_OUT[model] = by_columns
+    layout = columns_from(STEP_CHOICE.upcoming(key))
+    if _LAID_OUT.get(model) != layout:  # walking every module each step would cost ~1% of a step
+        lay_out(model, layout)
+        _LAID_OUT[model] = layout
 
     def on(forced: str) -> Callable[[], T]:
         def run() -> T:

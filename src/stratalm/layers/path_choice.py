@@ -37,10 +37,20 @@ class PathChoice:
     """Candidates by name; `trials` timed calls of each per key before the choice is made."""
 
     def __init__(self, name: str, candidates: Sequence[str], trials: int = 4, margin: float = 0.1,
-                 timer: Callable[[], float] = time.perf_counter) -> None:
-        self.name, self.candidates, self.trials, self.margin, self.timer = name, tuple(candidates), trials, margin, timer
+                 timer: Callable[[], float] = time.perf_counter,
+                 available: Optional[Callable[[str], bool]] = None) -> None:
+        """`available`, if given, says on first use which candidates can run here at all (a
+        compiled kernel may not build); the others are never timed."""
+        self.name, self.trials, self.margin, self.timer = name, trials, margin, timer
+        self._all, self._available, self._candidates = tuple(candidates), available, None
         self.chosen: dict[Hashable, str] = {}
         self.timings: dict[Hashable, dict[str, list[float]]] = {}  # seconds of each timed call, for reports and tests
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        if self._candidates is None:
+            self._candidates = tuple(c for c in self._all if self._available is None or self._available(c))
+        return self._candidates
 
     def call(self, key: Hashable, paths: Mapping[str, Callable[[], T]]) -> T:
         """Compute by the path chosen for `key` (e.g. a shape). The first call times every
