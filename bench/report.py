@@ -80,8 +80,10 @@ def _rate(value: Optional[float], measure: str) -> str:
 def _machine_line(machine: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {machine[k]}" for k in ("transformers", "sentence_transformers", "tokenizers") if machine.get(k))
     load = f", load average {machine['load_average_1m']} at the start" if machine.get("load_average_1m") is not None else ""
+    kernel = machine.get("few_rows_kernel")
+    kernel = "" if kernel is None else "; few-row kernel built" if kernel == "built" else f"; no few-row kernel ({kernel})"
     return (f"{machine['date']} on {machine_key(machine)} ({machine['cores']} cores, torch using {machine['torch_threads']} "
-            f"threads{load}); torch {machine['torch']}, Python {machine['python']}; {versions}")
+            f"threads{load}); torch {machine['torch']}, Python {machine['python']}; {versions}{kernel}")
 
 
 def render(by_machine: dict[str, dict[str, Any]]) -> str:
