@@ -24,6 +24,7 @@ import stratalm
 from common import Case, Runner, run_case
 from stratalm.families import preset
 from stratalm.generate import stream_tokens
+from stratalm.layers.linear import STEP_CHOICE
 from stratalm.models import CausalLM
 
 MODEL = dict(n_layers=6, n_heads=6, d_model=384, block=256, vocab=50304, prompt=16, new_tokens=128)
@@ -75,7 +76,17 @@ def check(config: dict[str, Any], runners: dict[str, Runner], args: argparse.Nam
     expected = (config["batch"], config["new_tokens"])
     identical = tuple(ours.shape) == expected and tuple(theirs.shape) == expected and torch.equal(ours, theirs)
     agree = float((ours == theirs).float().mean()) if ours.shape == theirs.shape else 0.0
-    return {"tokens_identical": identical, "share_of_tokens_equal": round(agree, 4)}
+    return {"tokens_identical": identical, "share_of_tokens_equal": round(agree, 4), **step_paths(config["batch"])}
+
+
+def step_paths(batch: int) -> dict[str, Any]:
+    """The path stratalm's decoding steps took at this batch size (layers/linear.py), and the best
+    time of a step on each candidate while it was choosing."""
+    for key, chosen in STEP_CHOICE.chosen.items():
+        if key[0] == batch:
+            times = STEP_CHOICE.timings.get(key, {})
+            return {"step_path": chosen, "step_ms_by_path": {c: round(1e3 * min(t), 2) for c, t in times.items() if t}}
+    return {}
 
 
 def finalize(result: dict[str, Any], args: argparse.Namespace) -> None:
@@ -96,8 +107,9 @@ def finalize(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 def note(system: str, competitor: Optional[str], entry: dict[str, Any]) -> str:
     p = entry["params"]
+    path = f"; step path {entry['step_path']}" if entry.get("step_path") else ""
     return (f"greedy, {p['new_tokens']} new tokens after {p['prompt']}; "
-            f"tokens identical: {'yes' if entry['tokens_identical'] else 'NO'}")
+            f"tokens identical: {'yes' if entry['tokens_identical'] else 'NO'}{path}")
 
 
 CASE = Case(
