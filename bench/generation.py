@@ -24,6 +24,7 @@ import stratalm
 from common import Case, Runner, run_case
 from stratalm.families import preset
 from stratalm.generate import stream_tokens
+from stratalm.generate.shortlist import HEAD_CHOICE
 from stratalm.layers.linear import STEP_CHOICE
 from stratalm.models import CausalLM
 
@@ -80,13 +81,17 @@ def check(config: dict[str, Any], runners: dict[str, Runner], args: argparse.Nam
 
 
 def step_paths(batch: int) -> dict[str, Any]:
-    """The path stratalm's decoding steps took at this batch size (layers/linear.py), and the best
-    time of a step on each candidate while it was choosing."""
-    for key, chosen in STEP_CHOICE.chosen.items():
-        if key[0] == batch:
-            times = STEP_CHOICE.timings.get(key, {})
-            return {"step_path": chosen, "step_ms_by_path": {c: round(1e3 * min(t), 2) for c, t in times.items() if t}}
-    return {}
+    """The paths stratalm's decoding steps took at this batch size (layers/linear.py's for the
+    linear layers, generate/shortlist.py's for the head), and the best time of a step on each
+    candidate while it was choosing."""
+    found: dict[str, Any] = {}
+    for name, choice in (("step", STEP_CHOICE), ("head", HEAD_CHOICE)):
+        for key, chosen in choice.chosen.items():
+            if key[0] == batch:
+                times = choice.timings.get(key, {})
+                found[f"{name}_path"] = chosen
+                found[f"{name}_ms_by_path"] = {c: round(1e3 * min(t), 2) for c, t in times.items() if t}
+    return found
 
 
 def finalize(result: dict[str, Any], args: argparse.Namespace) -> None:
@@ -108,6 +113,7 @@ def finalize(result: dict[str, Any], args: argparse.Namespace) -> None:
 def note(system: str, competitor: Optional[str], entry: dict[str, Any]) -> str:
     p = entry["params"]
     path = f"; step path {entry['step_path']}" if entry.get("step_path") else ""
+    path += f", head {entry['head_path']}" if entry.get("head_path") else ""
     return (f"greedy, {p['new_tokens']} new tokens after {p['prompt']}; "
             f"tokens identical: {'yes' if entry['tokens_identical'] else 'NO'}{path}")
 

@@ -1,7 +1,8 @@
 """Autoregressive decoding with a KV cache: the prompt runs once, then one token per step.
 
 A step multiplies a few token vectors by every weight matrix, so it is bound by reading the weights;
-layers/linear.py gives those few-row products the fast CPU path. Text in, text out (prompts, stop
+layers/linear.py gives those few-row products the fast CPU path, and greedy decoding can find the
+largest logit reading a quarter of the head (shortlist.py). Text in, text out (prompts, stop
 strings, echo, several samples) is text.py's `generate`."""
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from ..errors import InputTooLongError
 from ..layers.linear import run_step
+from .shortlist import greedy_step, shortlist_for
 
 
 def pick_next(
@@ -87,6 +89,8 @@ def stream_tokens(
     step_key = (B, device.type, next(model.parameters()).dtype, model.config.d_model, model.config.n_layers,
                 model.config.vocab_size)
     seen = seen_tokens(window, logits.shape[-1]) if repetition_penalty != 1.0 else None
+    # Greedy decoding needs only the largest logit, which a shortlist finds reading less (shortlist.py).
+    shortlist = shortlist_for(model) if temperature <= 0 and seen is None else None
     for step in range(max_new_tokens):
         if seen is not None:
             logits = penalize_repeats(logits, seen, repetition_penalty)
@@ -104,7 +108,13 @@ def stream_tokens(
             def decode_step(token=token):
                 return model(token[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
 
-            logits = run_step(step_key, decode_step, model)  # the few-row products on this machine's faster path
+            if shortlist is None:
+                logits = run_step(step_key, decode_step, model)  # the few-row products on this machine's faster path
+            else:
+                def last_hidden(token=token):
+                    return model.stack(token[:, None], cache=cache)[0][:, -1]
+
+                logits = greedy_step(step_key, model, shortlist, decode_step, last_hidden)
         else:  # the cache is full: keep the newest half of the context and run it again
             window = window[:, -max(1, context // 2):]
             cache = model.new_cache(B, cache_len)

@@ -1,4 +1,5 @@
-"""A compiled CPU kernel for products of few rows (kernels/few_rows.c), built on first use.
+"""Compiled CPU kernels for products of few rows (kernels/few_rows.c), built on first use: float32
+weights, and the int8 first pass of generate/shortlist.py.
 
 A decoding step at batch 1 multiplies one vector by every weight matrix, so it takes as long as
 reading them. MKL reads a GPT-2 block's matrices (0.6-2.4 MB) at 6-8 GB/s on an AMD EPYC with AVX2:
@@ -40,8 +41,8 @@ COMPILE_SECONDS = 120  # a first build takes about a second; a stuck compiler mu
 
 
 @functools.lru_cache(maxsize=1)
-def _load() -> tuple[Optional[ctypes._CFuncPtr], str]:
-    """(the kernel's function, "") or (None, why it is not there)."""
+def _load() -> tuple[Optional[ctypes.CDLL], str]:
+    """(the kernels' library, "") or (None, why it is not there)."""
     if not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")):
         return None, f"the kernel is for x86-64 Linux, not {sys.platform} on {platform.machine()}"
     capability = torch.backends.cpu.get_cpu_capability()
@@ -53,13 +54,13 @@ def _load() -> tuple[Optional[ctypes._CFuncPtr], str]:
     if not compiler:
         return None, "no C compiler found (set CC, or install gcc)"
     try:
-        library = _build(compiler)
-        function = ctypes.CDLL(str(library)).few_rows_linear
+        library = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.SubprocessError) as error:
         return None, f"building the kernel with {compiler} failed: {str(error).strip().splitlines()[-1][:300]}"
-    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3
-    function.restype = None
-    return function, ""
+    for function in (library.few_rows_linear, library.int8_rows_linear):
+        function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3
+        function.restype = None
+    return library, ""
 
 
 def _compiler() -> Optional[str]:
@@ -108,6 +109,16 @@ def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     contiguous; callers check `available()` first."""
     rows, width = x.shape
     out = torch.empty(rows, weight.shape[0], dtype=x.dtype)
-    _load()[0](x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
-               rows, width, weight.shape[0])
+    _load()[0].few_rows_linear(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+                               out.data_ptr(), rows, width, weight.shape[0])
+    return out
+
+
+def int8_rows_linear(x: torch.Tensor, quantized: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x @ quantized^T) * scale, for x (rows, in) float32, `quantized` (out, in) int8 and `scale`
+    (out,) float32, all contiguous on the CPU; callers check `available()` first."""
+    rows, width = x.shape
+    out = torch.empty(rows, quantized.shape[0], dtype=torch.float32)
+    _load()[0].int8_rows_linear(x.data_ptr(), quantized.data_ptr(), scale.data_ptr(), out.data_ptr(),
+                                rows, width, quantized.shape[0])
     return out

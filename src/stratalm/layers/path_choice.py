@@ -80,6 +80,10 @@ class PathChoice:
             self.chosen[key] = self._pick(times)
         return out
 
+    def is_chosen(self, key: Hashable) -> bool:
+        """Whether `key` has its path (measured, or fixed by STRATALM_PATHS)."""
+        return self._chosen(key) is not None
+
     def upcoming(self, key: Hashable) -> str:
         """The candidate the next `call_in_turn` of `key` runs: the chosen one, or while timing, each
         candidate `trials` times in a row (a candidate that must set something up first, such as

@@ -69,3 +69,57 @@ void few_rows_linear(const float *x, const float *w, const float *b, float *y, l
         }
     }
 }
+
+/* A first, cheap pass over a matrix kept in int8 (generate/shortlist.py): y = (x @ q^T) * scale, q
+ * (out, in) int8 row-major with one scale per row (out), x (rows, in) and y (rows, out) float32.
+ * A quarter of the bytes of the float32 matrix; each chunk of 8 weights is widened to float32 once
+ * per 4 rows of x. */
+static inline __m256 widen8(const int8_t *q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+}
+
+/* Like dots: chains of multiply-adds in parallel, enough of them that their latency never waits
+ * (4 for a single row of x, 2 per row for more). */
+static inline __attribute__((always_inline)) void int8_dots(const int8_t *q_row, const float *x, long in, int n,
+                                                            float *sums) {
+    enum { CHAINS = 4 };
+    const int chains = n == 1 ? 4 : 2;
+    __m256 acc[ROWS_AT_ONCE][CHAINS];
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < chains; c++) acc[r][c] = _mm256_setzero_ps();
+    long i = 0;
+    for (; i + 8 * chains <= in; i += 8 * chains)
+        for (int c = 0; c < chains; c++) {
+            __m256 w = widen8(q_row + i + 8 * c);
+            for (int r = 0; r < n; r++) acc[r][c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + r * in + i + 8 * c), acc[r][c]);
+        }
+    for (; i + 8 <= in; i += 8) {
+        __m256 w = widen8(q_row + i);
+        for (int r = 0; r < n; r++) acc[r][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + r * in + i), acc[r][0]);
+    }
+    for (int r = 0; r < n; r++) {
+        __m256 total = acc[r][0];
+        for (int c = 1; c < chains; c++) total = _mm256_add_ps(total, acc[r][c]);
+        float sum = sum_lanes(total);
+        for (long k = i; k < in; k++) sum += (float)q_row[k] * x[r * in + k];
+        sums[r] = sum;
+    }
+}
+
+void int8_rows_linear(const float *x, const int8_t *q, const float *scale, float *y, long rows, long in, long out) {
+    #pragma omp parallel for schedule(static) if (rows * in * out >= PARALLEL_FROM)
+    for (long j = 0; j < out; j++) {
+        const int8_t *q_row = q + j * in;
+        for (long first = 0; first < rows; first += ROWS_AT_ONCE) {
+            float sums[ROWS_AT_ONCE];
+            const float *xs = x + first * in;
+            switch (rows - first < ROWS_AT_ONCE ? rows - first : ROWS_AT_ONCE) {
+                case 1: int8_dots(q_row, xs, in, 1, sums); break;
+                case 2: int8_dots(q_row, xs, in, 2, sums); break;
+                case 3: int8_dots(q_row, xs, in, 3, sums); break;
+                default: int8_dots(q_row, xs, in, 4, sums); break;
+            }
+            for (long r = first; r < rows && r < first + ROWS_AT_ONCE; r++) y[r * out + j] = sums[r - first] * scale[j];
+        }
+    }
+}
