@@ -13,7 +13,8 @@ tokens reads), and a step is bound by reading the weights, so a first pass reads
 - a token whose a_j + e_j is below max_i (a_i - e_i) has a logit below another token's, so it is
   not the argmax; the others (a handful) get their float32 logits from the real weights, and every
   other logit is -inf. The argmax is the argmax of the full logits, ties too (a token tied with
-  the largest passes the same test), so decoding gives the same tokens.
+  the largest passes the same test), so decoding gives the same tokens; only two logits closer than
+  float32 rounding can come out in either order, as between any two of layers/linear.py's paths.
 
 Whether this is faster depends on the machine (the int8 pass is compute-bound at 8 rows here), so
 decoding times it against the full head once its linear path is chosen (HEAD_CHOICE), and it is
