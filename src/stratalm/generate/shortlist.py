@@ -50,12 +50,13 @@ class Shortlist:
         self.weight, self.made_from = weight, (weight.data_ptr(), weight._version)
         with torch.no_grad():
             w = weight.detach()
-            self.scale = (w.abs().amax(dim=1) / 127).contiguous()
-            divisor = torch.where(self.scale > 0, self.scale, torch.ones_like(self.scale))[:, None]
+            self.scale = torch.empty(w.shape[0], dtype=torch.float32)
             self.quantized = torch.empty(w.shape, dtype=torch.int8)
             for start in range(0, w.shape[0], QUANTIZE_ROWS):  # in slices: no float copy of the whole head
                 rows = slice(start, start + QUANTIZE_ROWS)
-                self.quantized[rows] = torch.round(w[rows] / divisor[rows]).clamp_(-127, 127)
+                self.scale[rows] = w[rows].abs().amax(dim=1) / 127
+                divisor = torch.where(self.scale[rows] > 0, self.scale[rows], 1.0)[:, None]
+                self.quantized[rows] = torch.round(w[rows] / divisor).clamp_(-127, 127)
         # 1/2 for the rounding to int8; twice the float32 rounding of both sums; a margin on top.
         self.slack = 0.5 + 4 * 127 * weight.shape[1] * 2.0 ** -24 + 1e-3
 
