@@ -12,7 +12,7 @@ import torch
 
 from ..errors import InputTooLongError
 from ..layers.linear import run_step
-from .shortlist import greedy_step, shortlist_for
+from .shortlist import can_shortlist, greedy_step
 
 
 def pick_next(
@@ -90,7 +90,7 @@ def stream_tokens(
                 model.config.vocab_size)
     seen = seen_tokens(window, logits.shape[-1]) if repetition_penalty != 1.0 else None
     # Greedy decoding needs only the largest logit, which a shortlist finds reading less (shortlist.py).
-    shortlist = shortlist_for(model) if temperature <= 0 and seen is None else None
+    shortlist = temperature <= 0 and seen is None and can_shortlist(model)
     for step in range(max_new_tokens):
         if seen is not None:
             logits = penalize_repeats(logits, seen, repetition_penalty)
@@ -108,13 +108,13 @@ def stream_tokens(
             def decode_step(token=token):
                 return model(token[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
 
-            if shortlist is None:
+            if not shortlist:
                 logits = run_step(step_key, decode_step, model)  # the few-row products on this machine's faster path
             else:
                 def last_hidden(token=token):
                     return model.stack(token[:, None], cache=cache)[0][:, -1]
 
-                logits = greedy_step(step_key, model, shortlist, decode_step, last_hidden)
+                logits = greedy_step(step_key, model, decode_step, last_hidden)
         else:  # the cache is full: keep the newest half of the context and run it again
             window = window[:, -max(1, context // 2):]
             cache = model.new_cache(B, cache_len)

@@ -34,6 +34,7 @@ from torch import nn
 from ..layers import Linear, native
 from ..layers.linear import STEP_CHOICE, run_step
 from ..layers.path_choice import PathChoice
+from ..models import CausalLM
 
 # "full" (the reference) first; "shortlist" only where the kernels run.
 HEAD_CHOICE = PathChoice("greedy_head", ("full", "shortlist"),
@@ -82,31 +83,40 @@ class Shortlist:
         return logits
 
 
-def shortlist_for(model: nn.Module) -> Optional[Shortlist]:
-    """The model's shortlist (made or remade now), or None where the head is not one it handles."""
+def can_shortlist(model: nn.Module) -> bool:
+    """Whether greedy decoding of `model` may take its next token from a shortlist: a CausalLM
+    (whose logits are its head applied to its stack's output) with a plain bias-free float32 head
+    on the CPU and no soft-cap (tanh can tie logits that were not tied), where the kernels run."""
     head = getattr(model, "lm_head", None)
-    config = getattr(model, "config", None)
-    if (type(head) is not Linear or head.bias is not None or getattr(config, "logit_softcap", 0) > 0
-            or head.weight.device.type != "cpu" or head.weight.dtype != torch.float32 or not hasattr(model, "stack")
-            or "shortlist" not in HEAD_CHOICE.candidates):
+    return (isinstance(model, CausalLM) and type(head) is Linear and head.bias is None
+            and model.config.logit_softcap <= 0 and head.weight.device.type == "cpu"
+            and head.weight.dtype == torch.float32 and "shortlist" in HEAD_CHOICE.candidates)
+
+
+def shortlist_for(model: nn.Module) -> Optional[Shortlist]:
+    """The model's shortlist (made now, or again when its head changed), or None where it cannot
+    have one (see can_shortlist)."""
+    if not can_shortlist(model):
         return None
+    head = model.lm_head
     shortlist = _SHORTLISTS.get(model)
     if shortlist is None or not shortlist.current(head.weight):
         shortlist = _SHORTLISTS[model] = Shortlist(head.weight)
     return shortlist
 
 
-def greedy_step(key: Hashable, model: nn.Module, shortlist: Shortlist, full_step: Callable[[], torch.Tensor],
+def greedy_step(key: Hashable, model: nn.Module, full_step: Callable[[], torch.Tensor],
                 hidden_step: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """One decoding step's logits for greedy decoding: `full_step` gives the (B, V) logits,
-    `hidden_step` the (B, C) last hidden states for the shortlist. The linear path is chosen first
-    (on full steps, as other decoding does), then the head's."""
+    """One decoding step's logits for greedy decoding of a model that can_shortlist: `full_step`
+    gives the (B, V) logits, `hidden_step` the (B, C) last hidden states for the shortlist. The
+    linear path is chosen first (on full steps, as other decoding does), then the head's; the int8
+    copy is made only when the shortlist first runs."""
     if not STEP_CHOICE.is_chosen(key):
         return run_step(key, full_step, model)
 
     def shortlisted() -> torch.Tensor:
         hidden = hidden_step()
-        logits = shortlist.logits(hidden)
+        logits = shortlist_for(model).logits(hidden)
         return logits if logits is not None else model.lm_head(hidden)
 
     return HEAD_CHOICE.call_in_turn(key, {"full": lambda: run_step(key, full_step, model),
