@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from stratalm.layers import native
 from stratalm.machine import describe
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -59,6 +60,8 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu_model(),
         # Which kernels are fast depends on these (MKL on AMD vs Intel, AMX for bf16): see stratalm/machine.py.
         **{k: v for k, v in describe().items() if k != "model"},
+        # Whether decoding's compiled few-row kernel runs here, or why not (asking builds it).
+        "few_rows_kernel": "built" if native.available() else native.unavailable_reason(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         # Other work on the machine slows everything down; above ~0.5 per core, figures are noisy.

@@ -61,9 +61,5 @@ def blas() -> str:
 
 
 def describe() -> dict[str, Any]:
-    """Everything a benchmark records about the machine's CPU, and whether decoding's compiled
-    few-row kernel runs here (layers/native.py; asking builds it)."""
-    from .layers import native
-
-    return {**cpu_facts(), "amx": has_amx(), "blas": blas(),
-            "few_rows_kernel": "built" if native.available() else native.unavailable_reason()}
+    """Everything a benchmark records about the machine's CPU."""
+    return {**cpu_facts(), "amx": has_amx(), "blas": blas()}

@@ -67,6 +67,8 @@ class Shortlist:
     def logits(self, hidden: torch.Tensor) -> Optional[torch.Tensor]:
         """(B, V) logits of `hidden` (B, C): float32 where a token can be the largest, -inf
         elsewhere; None when the shortlist is too long to gain (or `hidden` is not finite)."""
+        if hidden.dtype != torch.float32:
+            return None
         hidden = hidden.contiguous()
         first = native.int8_rows_linear(hidden, self.quantized, self.scale)  # (B, V)
         reach = self.scale * (self.slack * hidden.abs().sum(dim=-1, keepdim=True))  # (B, V): each a_j's e_j
@@ -86,11 +88,13 @@ class Shortlist:
 def can_shortlist(model: nn.Module) -> bool:
     """Whether greedy decoding of `model` may take its next token from a shortlist: a CausalLM
     (whose logits are its head applied to its stack's output) with a plain bias-free float32 head
-    on the CPU and no soft-cap (tanh can tie logits that were not tied), where the kernels run."""
+    on the CPU, no autocast (the full head's logits would be bf16 ones) and no soft-cap (tanh can
+    tie logits that were not tied), where the kernels run."""
     head = getattr(model, "lm_head", None)
     return (isinstance(model, CausalLM) and type(head) is Linear and head.bias is None
             and model.config.logit_softcap <= 0 and head.weight.device.type == "cpu"
-            and head.weight.dtype == torch.float32 and "shortlist" in HEAD_CHOICE.candidates)
+            and head.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and "shortlist" in HEAD_CHOICE.candidates)
 
 
 def shortlist_for(model: nn.Module) -> Optional[Shortlist]:

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from .native import available as kernel_runs_here, few_rows_linear
 from .path_choice import PathChoice
 
 T = TypeVar("T")
@@ -69,7 +69,7 @@ CHOICE = PathChoice("linear", ("plain", "transposed"))
 # The native paths are candidates only where the kernel builds and runs (native.available).
 STEP_CHOICE = PathChoice("linear", ("plain", "transposed", "transposed_split", "native", "columns", "columns_split",
                                     "native_split"),
-                         available=lambda candidate: not candidate.startswith("native") or native.available())
+                         available=lambda candidate: not candidate.startswith("native") or kernel_runs_here())
 SPLIT_MIN_BYTES = 16 * 2**20  # far beyond the caches: a product this large is bound by one core's reads
 SPLIT_PARTS = {"columns": 4, "transposed": 2}  # measured on the head, each the better of 2 and 4 slices
 _FORCED: list[Optional[str]] = [None]  # the path every product takes inside run_step, if any
@@ -155,7 +155,7 @@ def forced_product(path: str, x: torch.Tensor, weight: torch.Tensor, bias: Optio
     if base == "transposed":
         return transposed(x, weight, bias)
     if base == "native" and weight.is_contiguous() and (bias is None or bias.is_contiguous()):
-        return native.few_rows_linear(x.contiguous(), weight, bias)
+        return few_rows_linear(x.contiguous(), weight, bias)
     return F.linear(x, weight, bias)  # columns is plain on its layout
 
 
