@@ -90,7 +90,7 @@ def stream_tokens(
                 model.config.vocab_size)
     seen = seen_tokens(window, logits.shape[-1]) if repetition_penalty != 1.0 else None
     # Greedy decoding needs only the largest logit, which a shortlist finds reading less (shortlist.py).
-    shortlist = temperature <= 0 and seen is None and can_shortlist(model)
+    by_shortlist = temperature <= 0 and seen is None and can_shortlist(model)
     for step in range(max_new_tokens):
         if seen is not None:
             logits = penalize_repeats(logits, seen, repetition_penalty)
@@ -108,7 +108,7 @@ def stream_tokens(
             def decode_step(token=token):
                 return model(token[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
 
-            if not shortlist:
+            if not by_shortlist:
                 logits = run_step(step_key, decode_step, model)  # the few-row products on this machine's faster path
             else:
                 def last_hidden(token=token):

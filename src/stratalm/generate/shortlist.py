@@ -98,14 +98,16 @@ def can_shortlist(model: nn.Module) -> bool:
 
 
 def shortlist_for(model: nn.Module) -> Optional[Shortlist]:
-    """The model's shortlist (made now, or again when its head changed), or None where it cannot
-    have one (see can_shortlist)."""
-    if not can_shortlist(model):
-        return None
-    head = model.lm_head
+    """The model's shortlist, or None where it cannot have one (see can_shortlist)."""
+    return _current_shortlist(model) if can_shortlist(model) else None
+
+
+def _current_shortlist(model: nn.Module) -> Shortlist:
+    """The shortlist of a model that can_shortlist: made now, or again when its head changed."""
+    weight = model.lm_head.weight
     shortlist = _SHORTLISTS.get(model)
-    if shortlist is None or not shortlist.current(head.weight):
-        shortlist = _SHORTLISTS[model] = Shortlist(head.weight)
+    if shortlist is None or not shortlist.current(weight):
+        shortlist = _SHORTLISTS[model] = Shortlist(weight)
     return shortlist
 
 
@@ -120,7 +122,7 @@ def greedy_step(key: Hashable, model: nn.Module, full_step: Callable[[], torch.T
 
     def shortlisted() -> torch.Tensor:
         hidden = hidden_step()
-        logits = shortlist_for(model).logits(hidden)
+        logits = _current_shortlist(model).logits(hidden)  # eligibility was checked before decoding
         return logits if logits is not None else model.lm_head(hidden)
 
     return HEAD_CHOICE.call_in_turn(key, {"full": lambda: run_step(key, full_step, model),

@@ -26,11 +26,10 @@ Seven paths give the same numbers (to rounding):
   differently in the kernels' tails). In whole decoding steps of that GPT-2 (tokens/s, 4 alternating
   runs of 128 tokens, a busy machine): batch 1 columns 51-55, columns_split 53-65; batch 8
   transposed 205-270, transposed_split 218-265.
-- "native" and "native_split": a compiled kernel (native.py) that streams each matrix once on all
-  threads, where MKL reads it on one core; with "_split" the matrices beyond SPLIT_MIN_BYTES (the
-  head) lie by columns and take the columns_split product, which reads them faster still. On that
-  AMD EPYC the 24 block products at one row took 2.6-3.4 ms by the kernel against 4.5-6.6 ms by
-  the best MKL path, and the head 2.7-3.4 ms split by columns against 4.4-5.1 ms by the kernel.
+- "native" and "native_split": a compiled kernel that streams each matrix once on all threads,
+  where MKL reads it on one core (native.py has the figures); with "_split" the matrices beyond
+  SPLIT_MIN_BYTES (the head) lie by columns and take the columns_split product instead, which on
+  that AMD EPYC read the head in 2.7-3.4 ms against 4.4-5.1 ms by the kernel.
 So none is assumed. Decoding steps are chosen whole (run_step; path_choice.py says why), the
 weights taking the layout of the path being timed; the first single product of each shape (rows
 in buckets, since decoding repeats the same few) times plain against transposed on its own inputs
